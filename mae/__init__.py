@@ -1,0 +1,32 @@
+"""mae-pytorch: the Masked Autoencoder of He et al. (2021), faithful to the paper and readable in one sitting.
+
+    >>> from mae import create_model
+    >>> model = create_model("mae_vit_base_patch16", norm_pix_loss=True)
+    >>> loss, pred, mask = model(imgs)          # imgs: (B, 3, 224, 224)
+"""
+
+from .config import MAEConfig, create_model, list_models
+from .functional import masked_mse_loss, patchify, random_masking, sincos_pos_embed_2d, unpatchify
+from .layers import Attention, Block, Mlp, PatchEmbedding
+from .model import EncoderOutput, MAEOutput, MaskedAutoEncoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attention",
+    "Block",
+    "EncoderOutput",
+    "MAEConfig",
+    "MAEOutput",
+    "MaskedAutoEncoder",
+    "Mlp",
+    "PatchEmbedding",
+    "create_model",
+    "list_models",
+    "masked_mse_loss",
+    "patchify",
+    "random_masking",
+    "sincos_pos_embed_2d",
+    "unpatchify",
+    "__version__",
+]

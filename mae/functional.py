@@ -1,0 +1,199 @@
+"""The algorithm as pure functions: patchify, masking, position tables, un-shuffling, and the loss.
+
+Shape legend:
+    B  batch              C  image channels          H, W  image height, width
+    ph, pw  patch size    gh, gw  patch grid (H // ph, W // pw)
+    L  patches (gh * gw)  K  kept (visible) patches   D  token width
+    P  pixels per patch (ph * pw * C)
+
+Mask convention everywhere: ``mask`` is (B, L) in the original patch order, 1 = removed (masked), 0 = kept (visible).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from .config import check_mask_ratio, to_pair
+
+__all__ = [
+    "MaskingOutput",
+    "num_kept",
+    "patchify",
+    "unpatchify",
+    "random_masking",
+    "restore_sequence",
+    "sincos_pos_embed_2d",
+    "normalize_patches",
+    "masked_mse_loss",
+]
+
+
+def patchify(imgs: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
+    """Cut images into flattened patches, row-major over the grid.
+
+    Args:
+        imgs: (B, C, H, W), H and W multiples of the patch size.
+        patch_size: p or (ph, pw).
+
+    Returns:
+        (B, L, ph * pw * C); each patch vector is ordered (row inside patch, column inside patch, channel).
+    """
+    ph, pw = to_pair(patch_size, "patch_size")
+    if imgs.ndim != 4:
+        raise ValueError(f"imgs must be (B, C, H, W), got shape {tuple(imgs.shape)}")
+    H, W = imgs.shape[-2:]
+    if H % ph or W % pw:
+        raise ValueError(f"image size ({H}, {W}) is not a multiple of patch size ({ph}, {pw})")
+    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=ph, q=pw)
+
+
+def unpatchify(x: Tensor, patch_size: int | tuple[int, int], grid_size: int | tuple[int, int], in_chans: int) -> Tensor:
+    """Exact inverse of ``patchify``: (B, L, ph * pw * C) -> (B, C, gh * ph, gw * pw)."""
+    ph, pw = to_pair(patch_size, "patch_size")
+    gh, gw = to_pair(grid_size, "grid_size")
+    if x.ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * in_chans:
+        raise ValueError(
+            f"x must be (B, {gh * gw}, {ph * pw * in_chans}) for grid ({gh}, {gw}), patch ({ph}, {pw}) and "
+            f"{in_chans} channels, got shape {tuple(x.shape)}"
+        )
+    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=gh, w=gw, p=ph, q=pw, c=in_chans)
+
+
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+    """K = int(L * (1 - mask_ratio)): visible patches per image (the official rounding)."""
+    return int(num_patches * (1 - mask_ratio))
+
+
+class MaskingOutput(NamedTuple):
+    x_kept: Tensor  # (B, K, D) the visible tokens, in shuffled order
+    mask: Tensor  # (B, L) 1 = removed, 0 = kept, original order
+    ids_restore: Tensor  # (B, L) int64; gathering [kept; removed] tokens with it gives the original order
+
+
+def random_masking(
+    x: Tensor,
+    mask_ratio: float,
+    *,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> MaskingOutput:
+    """Per-sample random masking by argsort of uniform noise (Sec. 3, "random sampling").
+
+    Each sample draws noise (B, L) in [0, 1); patches with the smallest noise are kept. Given the same noise the
+    result is fully determined, so passing ``noise`` reproduces a masking exactly.
+
+    Args:
+        x: (B, L, D) patch tokens.
+        mask_ratio: fraction of the L patches to remove, in [0, 1).
+        noise: optional (B, L) tensor ranking the patches (small = keep).
+        generator: optional ``torch.Generator`` to draw the noise from (ignored when ``noise`` is given).
+
+    Returns:
+        ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)).
+    """
+    if x.ndim != 3:
+        raise ValueError(f"x must be (B, L, D) tokens, got shape {tuple(x.shape)}")
+    mask_ratio = check_mask_ratio(mask_ratio)
+    B, L, D = x.shape
+    K = num_kept(L, mask_ratio)
+    if noise is None:
+        gen_device = generator.device if generator is not None else x.device
+        noise = torch.rand(B, L, generator=generator, device=gen_device).to(x.device)  # (B, L)
+    else:
+        if not isinstance(noise, Tensor):
+            raise TypeError(f"noise must be a torch.Tensor of shape ({B}, {L}), got {type(noise).__name__}")
+        if tuple(noise.shape) != (B, L):
+            raise ValueError(f"noise must have shape (B, L) = ({B}, {L}), got {tuple(noise.shape)}")
+        if noise.device != x.device:
+            raise ValueError(f"noise is on {noise.device} but the tokens are on {x.device}; move it with .to()")
+
+    if K == L:
+        # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
+        ids_shuffle = torch.arange(L, device=x.device).expand(B, L)  # (B, L)
+        ids_restore = ids_shuffle
+    else:
+        ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: small noise is kept
+        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
+    ids_keep = ids_shuffle[:, :K]  # (B, K)
+    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(B, K, D))  # (B, K, D)
+
+    # Build the mask in shuffled order ([0]*K + [1]*(L-K)) and unshuffle it to the original order.
+    mask = torch.ones(B, L, device=x.device, dtype=x.dtype)
+    mask[:, :K] = 0
+    mask = torch.gather(mask, 1, ids_restore)  # (B, L)
+    return MaskingOutput(x_kept, mask, ids_restore)
+
+
+def restore_sequence(x_kept: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
+    """Append mask tokens for the removed patches and undo the shuffle.
+
+    Args:
+        x_kept: (B, K, D) tokens of the visible patches, in the order ``random_masking`` kept them.
+        mask_token: (1, 1, D) learned token shared by every removed patch.
+        ids_restore: (B, L) from ``random_masking``.
+
+    Returns:
+        (B, L, D) in the original patch order: visible positions carry their token, removed ones the mask token.
+    """
+    B, K, D = x_kept.shape
+    L = ids_restore.shape[1]
+    x = torch.cat([x_kept, mask_token.to(x_kept.dtype).expand(B, L - K, D)], dim=1)  # (B, L, D) shuffled order
+    return torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(B, L, D))  # (B, L, D) original order
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_token: bool = True) -> Tensor:
+    """Fixed 2-D sine-cosine position table (Sec. 3 / the release code), computed in float64.
+
+    The first D/2 dims encode the column index (x), the last D/2 the row index (y); each half is
+    [sin(pos * w_i) for i] + [cos(pos * w_i) for i] with w_i = 1 / 10000^(i / (D/4)), i = 0 .. D/4 - 1.
+
+    Returns:
+        float32 (1 + L, D) if ``cls_token`` (row 0 all zeros), else (L, D); rows in row-major patch order.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
+    gh, gw = to_pair(grid_size, "grid_size")
+    quarter = embed_dim // 4
+    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)  # (D/4,)
+    rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
+
+    def encode(pos: np.ndarray) -> np.ndarray:  # (L,) -> (L, D/2)
+        angles = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    table = np.concatenate([encode(cols), encode(rows)], axis=1)  # (L, D): x half first, then y half
+    if cls_token:
+        table = np.concatenate([np.zeros((1, embed_dim)), table], axis=0)  # (1 + L, D)
+    return torch.from_numpy(table).float()
+
+
+def normalize_patches(target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Normalise every patch by its own mean and unbiased variance: (t - mean) / sqrt(var + eps). Shape kept."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)  # unbiased, as in the release code
+    return (target - mean) / (var + eps) ** 0.5
+
+
+def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: bool = False) -> Tensor:
+    """Mean squared error over the removed patches only (Sec. 3: "we compute the loss only on masked patches").
+
+    Args:
+        pred: (B, L, P) predicted pixels.
+        target: (B, L, P) true pixels (``patchify(imgs)``).
+        mask: (B, L), 1 = removed. Visible patches get exactly zero weight and zero gradient.
+        norm_pix_loss: normalise each target patch first (``normalize_patches``).
+
+    Returns:
+        Scalar: per-patch MSE (mean over P) averaged over the removed patches.
+    """
+    target = target.float()
+    if norm_pix_loss:
+        target = normalize_patches(target)
+    per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # (B, L)
+    mask = mask.float()
+    return (per_patch * mask).sum() / mask.sum()

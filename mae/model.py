@@ -1,0 +1,313 @@
+"""The Masked Autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", 2021).
+
+Data flow (see DESIGN.md):
+    imgs (B, C, H, W) -> patch_embed (B, L, D) -> + pos_embed -> random_masking (B, K, D) -> [cls] (B, 1+K, D)
+    -> blocks -> norm = latent (B, 1+K, D)
+    latent -> decoder_embed (B, 1+K, Dd) -> + mask tokens, unshuffle (B, 1+L, Dd) -> + decoder_pos_embed
+    -> decoder_blocks -> decoder_norm -> decoder_pred (B, 1+L, P) -> drop cls = pred (B, L, P)
+    loss = MSE(pred, patchify(imgs) [normalised per patch]) averaged over the removed patches only.
+
+Shape legend: B batch, C channels, H/W image size, L patches, K kept patches, D encoder width, Dd decoder width,
+P = ph * pw * C pixels per patch. ``mask`` is (B, L), 1 = removed (masked), 0 = kept (visible).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as MF
+from .config import MAEConfig, check_mask_ratio
+from .layers import Block, LayerNorm, PatchEmbedding
+
+__all__ = ["MaskedAutoEncoder", "EncoderOutput", "MAEOutput"]
+
+
+class EncoderOutput(NamedTuple):
+    latent: Tensor  # (B, 1+K, D) cls token first, then the visible patches in shuffled order
+    mask: Tensor  # (B, L) 1 = removed
+    ids_restore: Tensor  # (B, L)
+
+
+class MAEOutput(NamedTuple):
+    """Unpacks like the release code's ``loss, pred, mask = model(imgs)``."""
+
+    loss: Tensor  # scalar
+    pred: Tensor  # (B, L, P) predicted pixels for every patch (normalised per patch when norm_pix_loss)
+    mask: Tensor  # (B, L) 1 = removed
+
+
+class MaskedAutoEncoder(nn.Module):
+    """ViT encoder on the visible patches + light decoder that reconstructs the pixels of the removed ones.
+
+    Keyword arguments are the official ones; the model is built (every parameter and buffer) on ``device`` with
+    ``dtype``. State-dict keys and shapes equal the release checkpoints', so ``load_state_dict(ckpt['model'])`` works.
+
+    Args:
+        img_size: H or (H, W).
+        patch_size: p or (ph, pw).
+        in_chans: image channels, any number.
+        embed_dim, depth, num_heads: encoder width, blocks, heads.
+        decoder_embed_dim, decoder_depth, decoder_num_heads: decoder width, blocks, heads.
+        mlp_ratio: MLP hidden width over block width.
+        norm_pix_loss: reconstruct per-patch normalised pixels (paper: better features).
+        mask_ratio: default fraction of patches removed, overridable per call.
+        device, dtype: where and in which floating type the parameters are created.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = False,
+        mask_ratio: float = 0.75,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = MAEConfig(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
+            mask_ratio=mask_ratio,
+        )
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+        self.config = cfg
+        factory = {"device": device, "dtype": dtype}
+        L, D, Dd = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim
+
+        # Encoder. The position tables are fixed sin-cos (never trained) but kept as parameters with
+        # requires_grad=False so the state dict and the parameter count match the release checkpoints.
+        self.patch_embed = PatchEmbedding(cfg.img_size, cfg.patch_size, cfg.in_chans, D, **factory)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, D, **factory))
+        self.pos_embed = nn.Parameter(torch.empty(1, 1 + L, D, **factory), requires_grad=False)
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio, **factory) for _ in range(cfg.depth)])
+        self.norm = LayerNorm(D, **factory)
+
+        # Decoder (Sec. 3: narrower and shallower than the encoder; only used during pretraining).
+        self.decoder_embed = nn.Linear(D, Dd, **factory)
+        self.mask_token = nn.Parameter(torch.empty(1, 1, Dd, **factory))
+        self.decoder_pos_embed = nn.Parameter(torch.empty(1, 1 + L, Dd, **factory), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(Dd, cfg.decoder_num_heads, cfg.mlp_ratio, **factory) for _ in range(cfg.decoder_depth)]
+        )
+        self.decoder_norm = LayerNorm(Dd, **factory)
+        self.decoder_pred = nn.Linear(Dd, cfg.patch_dim, **factory)
+
+        self.initialize_weights()
+
+    @classmethod
+    def from_config(cls, config: MAEConfig, *, device: Any = None, dtype: Any = None) -> MaskedAutoEncoder:
+        """Build from an ``MAEConfig`` (see ``mae.create_model`` for named presets)."""
+        if not isinstance(config, MAEConfig):
+            raise TypeError(f"config must be an MAEConfig, got {type(config).__name__}")
+        return cls(**{k: getattr(config, k) for k in config.__dataclass_fields__}, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ initialisation
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """The release code's initialisation: sin-cos tables, xavier-uniform linears, N(0, 0.02) tokens."""
+        cfg = self.config
+        self.pos_embed.copy_(MF.sincos_pos_embed_2d(cfg.embed_dim, cfg.grid_size).unsqueeze(0))
+        self.decoder_pos_embed.copy_(MF.sincos_pos_embed_2d(cfg.decoder_embed_dim, cfg.grid_size).unsqueeze(0))
+        # The patch projection is initialised like a Linear on its (D, C*ph*pw) view; its bias keeps torch's default.
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)  # qkv as one (3D, D) matrix, as in the release
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ input checks (public boundary)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cls_token.device
+
+    def _check_images(self, imgs: Any) -> None:
+        if not isinstance(imgs, Tensor):
+            raise TypeError(f"imgs must be a torch.Tensor of shape (B, C, H, W), got {type(imgs).__name__}")
+        if not imgs.is_floating_point():
+            raise TypeError(
+                f"imgs must be a floating-point tensor, got dtype {imgs.dtype}; "
+                "convert integer images first, e.g. imgs.float() / 255 followed by normalisation"
+            )
+        cfg = self.config
+        if imgs.ndim != 4:
+            raise ValueError(
+                f"imgs must have 4 dimensions (B, C, H, W), got {imgs.ndim} with shape {tuple(imgs.shape)}"
+            )
+        B, C, H, W = imgs.shape
+        if C != cfg.in_chans:
+            raise ValueError(f"imgs has {C} channels but the model expects in_chans={cfg.in_chans}")
+        if (H, W) != cfg.img_size:
+            raise ValueError(
+                f"imgs has size (H, W) = ({H}, {W}) but the model expects img_size={cfg.img_size}; "
+                "resize the images or build the model with that img_size"
+            )
+        if imgs.device != self.device:
+            raise ValueError(f"imgs is on {imgs.device} but the model is on {self.device}; move it with .to()")
+
+    def _resolve_mask_ratio(self, mask_ratio: float | None) -> float:
+        return self.config.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
+
+    # ------------------------------------------------------------------ pixels <-> patches
+
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, L, P), each patch ordered (row, column, channel)."""
+        return MF.patchify(imgs, self.config.patch_size)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(B, L, P) -> (B, C, H, W), the exact inverse of ``patchify``."""
+        cfg = self.config
+        return MF.unpatchify(x, cfg.patch_size, cfg.grid_size, cfg.in_chans)
+
+    # ------------------------------------------------------------------ encoder
+
+    def _embed(self, imgs: Tensor) -> Tensor:
+        """Patch tokens with their positions added BEFORE masking, so every kept token knows where it came from."""
+        return self.patch_embed(imgs) + self.pos_embed[:, 1:]  # (B, L, D)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """Prepend the cls token and run the transformer: (B, N, D) -> (B, 1+N, D)."""
+        B = x.shape[0]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1+N, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def encoder(
+        self,
+        imgs: Tensor,
+        mask_ratio: float | None = None,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> EncoderOutput:
+        """Embed, mask, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
+
+        Args:
+            imgs: (B, C, H, W) floating-point images, normalised as in training.
+            mask_ratio: fraction removed; defaults to ``config.mask_ratio``. 0 keeps every patch in order.
+            noise: optional (B, L) noise fixing the masking (small = keep), for exact reproduction.
+            generator: optional ``torch.Generator`` to draw the masking noise from.
+
+        Returns:
+            ``EncoderOutput(latent (B, 1+K, D), mask (B, L), ids_restore (B, L))``.
+        """
+        self._check_images(imgs)
+        ratio = self._resolve_mask_ratio(mask_ratio)
+        x = self._embed(imgs)  # (B, L, D)
+        x, mask, ids_restore = MF.random_masking(x, ratio, noise=noise, generator=generator)  # (B, K, D)
+        return EncoderOutput(self._encode(x), mask, ids_restore)  # latent (B, 1+K, D)
+
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm."""
+        self._check_images(imgs)
+        return self._encode(self._embed(imgs))
+
+    # ------------------------------------------------------------------ decoder
+
+    def decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """Reconstruct every patch from the encoded visible ones.
+
+        Args:
+            latent: (B, 1+K, D) from ``encoder``.
+            ids_restore: (B, L) from ``encoder``.
+
+        Returns:
+            pred (B, L, P): predicted pixels of every patch, original order.
+        """
+        cfg = self.config
+        if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim:
+            raise ValueError(f"latent must be (B, 1+K, {cfg.embed_dim}), got shape {tuple(latent.shape)}")
+        B, N, _ = latent.shape
+        if tuple(ids_restore.shape) != (B, cfg.num_patches) or N - 1 > cfg.num_patches:
+            raise ValueError(
+                f"ids_restore must be (B, L) = ({B}, {cfg.num_patches}) with at most L kept tokens in latent, "
+                f"got ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}"
+            )
+        x = self.decoder_embed(latent)  # (B, 1+K, Dd)
+        patches = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd)
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))  # (B, 1+L, P)
+        return x[:, 1:]  # (B, L, P): drop the cls row
+
+    # ------------------------------------------------------------------ loss
+
+    def loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """MSE between predicted and true pixels, over the removed patches only.
+
+        Args:
+            imgs: (B, C, H, W) the input images.
+            pred: (B, L, P) from ``decoder``.
+            mask: (B, L), 1 = removed; visible patches contribute nothing (and get zero gradient).
+
+        Returns:
+            Scalar loss. With ``norm_pix_loss`` the target patches are normalised by their own mean and std.
+        """
+        target = self.patchify(imgs)  # (B, L, P)
+        if pred.shape != target.shape:
+            raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
+        if mask.shape != target.shape[:2]:
+            raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
+        # A data-dependent check needs the value on the host: skip it inside torch.compile graphs.
+        if not torch.compiler.is_compiling() and not bool((mask != 0).any()):
+            raise ValueError(
+                "mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
+                "use mask_ratio > 0"
+            )
+        return MF.masked_mse_loss(pred, target, mask, self.config.norm_pix_loss)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        imgs: Tensor,
+        mask_ratio: float | None = None,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MAEOutput:
+        """Encode the visible patches, reconstruct all, and score the removed ones.
+
+        Returns:
+            ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
+        """
+        ratio = self._resolve_mask_ratio(mask_ratio)
+        if MF.num_kept(self.config.num_patches, ratio) == self.config.num_patches:
+            raise ValueError(
+                f"mask_ratio={ratio} removes no patch out of {self.config.num_patches}: the loss would be undefined"
+            )
+        latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
+        pred = self.decoder(latent, ids_restore)
+        return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (
+            f"img_size={cfg.img_size}, patch_size={cfg.patch_size}, in_chans={cfg.in_chans}, "
+            f"mask_ratio={cfg.mask_ratio}, norm_pix_loss={cfg.norm_pix_loss}"
+        )
