@@ -26,10 +26,12 @@ __all__ = [
     "patchify",
     "unpatchify",
     "random_masking",
+    "masking_indices",
     "restore_sequence",
     "sincos_pos_embed_2d",
     "normalize_patches",
     "masked_mse_loss",
+    "per_patch_mse",
 ]
 
 
@@ -98,35 +100,62 @@ def random_masking(
     """
     if x.ndim != 3:
         raise ValueError(f"x must be (B, L, D) tokens, got shape {tuple(x.shape)}")
-    mask_ratio = check_mask_ratio(mask_ratio)
     B, L, D = x.shape
+    ids_shuffle, ids_restore, mask = masking_indices(
+        B, L, mask_ratio, noise=noise, generator=generator, device=x.device, dtype=x.dtype
+    )
+    K = num_kept(L, mask_ratio)
+    ids_keep = ids_shuffle[:, :K]  # (B, K)
+    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(B, K, D))  # (B, K, D)
+    return MaskingOutput(x_kept, mask, ids_restore)
+
+
+def masking_indices(
+    batch_size: int,
+    num_patches: int,
+    mask_ratio: float,
+    *,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The index work of ``random_masking`` without touching any token: which patches to keep, and the mask.
+
+    Callers that only need the kept patches (the MAE encoder embeds nothing else) gather them with ``ids_shuffle``.
+
+    Returns:
+        ``(ids_shuffle (B, L), ids_restore (B, L), mask (B, L))``: ``ids_shuffle[:, :K]`` are the kept patches in
+        the order ``random_masking`` returns them, ``ids_shuffle[:, K:]`` the removed ones; mask 1 = removed.
+    """
+    mask_ratio = check_mask_ratio(mask_ratio)
+    B, L = batch_size, num_patches
     K = num_kept(L, mask_ratio)
     if noise is None:
-        gen_device = generator.device if generator is not None else x.device
-        noise = torch.rand(B, L, generator=generator, device=gen_device).to(x.device)  # (B, L)
+        gen_device = generator.device if generator is not None else device
+        noise = torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
     else:
         if not isinstance(noise, Tensor):
             raise TypeError(f"noise must be a torch.Tensor of shape ({B}, {L}), got {type(noise).__name__}")
         if tuple(noise.shape) != (B, L):
             raise ValueError(f"noise must have shape (B, L) = ({B}, {L}), got {tuple(noise.shape)}")
-        if noise.device != x.device:
-            raise ValueError(f"noise is on {noise.device} but the tokens are on {x.device}; move it with .to()")
+        want = torch.device(device) if device is not None else noise.device
+        if noise.device.type != want.type or want.index not in (None, noise.device.index):
+            raise ValueError(f"noise is on {noise.device} but the tokens are on {device}; move it with .to()")
 
     if K == L:
         # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
-        ids_shuffle = torch.arange(L, device=x.device).expand(B, L)  # (B, L)
+        ids_shuffle = torch.arange(L, device=noise.device).expand(B, L)  # (B, L)
         ids_restore = ids_shuffle
     else:
         ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: small noise is kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
-    ids_keep = ids_shuffle[:, :K]  # (B, K)
-    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(B, K, D))  # (B, K, D)
 
     # Build the mask in shuffled order ([0]*K + [1]*(L-K)) and unshuffle it to the original order.
-    mask = torch.ones(B, L, device=x.device, dtype=x.dtype)
+    mask = torch.ones(B, L, device=noise.device, dtype=dtype)
     mask[:, :K] = 0
     mask = torch.gather(mask, 1, ids_restore)  # (B, L)
-    return MaskingOutput(x_kept, mask, ids_restore)
+    return ids_shuffle, ids_restore, mask
 
 
 def restore_sequence(x_kept: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
@@ -191,9 +220,18 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
     Returns:
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
+    per_patch = per_patch_mse(pred, target, norm_pix_loss)  # (B, L)
+    mask = mask.float()
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def per_patch_mse(pred: Tensor, target: Tensor, norm_pix_loss: bool = False) -> Tensor:
+    """Squared error averaged over each patch's pixels: (B, N, P) x 2 -> (B, N), always in float32.
+
+    Computed in float32 whatever the input dtype (bf16 autocast gives bf16 predictions): the squared errors of a
+    well-trained model are small, and summing them in bf16 would lose most of their bits.
+    """
     target = target.float()
     if norm_pix_loss:
         target = normalize_patches(target)
-    per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # (B, L)
-    mask = mask.float()
-    return (per_patch * mask).sum() / mask.sum()
+    return (pred.float() - target).pow(2).mean(dim=-1)  # (B, N)

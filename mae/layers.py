@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .config import to_pair
 
-__all__ = ["PatchEmbedding", "Attention", "Mlp", "Block", "LayerNorm"]
+__all__ = ["PatchEmbedding", "Attention", "Mlp", "Block", "LayerNorm", "attention"]
 
 # The release code uses LayerNorm with eps 1e-6 everywhere (timm's ViT default is 1e-5: mind the difference).
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -63,6 +63,31 @@ class PatchEmbedding(nn.Module):
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, L, D)
 
+    def embed_patches(self, patches: Tensor) -> Tensor:
+        """The same projection applied to already-cut patches: (B, N, ph * pw * C) -> (B, N, D).
+
+        A stride-p convolution is a linear map of each patch, so ``embed_patches(patchify(imgs))`` equals
+        ``forward(imgs)``. The MAE encoder uses this to embed only the visible patches (a quarter of the work).
+        The patch vectors are in ``patchify`` order (row, column, channel); the conv weight is (D, C, ph, pw).
+        """
+        w = self.proj.weight
+        weight = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (D, ph * pw * C) in (p q c) order
+        return F.linear(patches, weight, self.proj.bias)  # (B, N, D)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v for (B, h, N, d) queries and (B, h, M, d) keys/values -> (B, h, N, d).
+
+    One function, two kernels chosen by a fixed rule: PyTorch's SDPA everywhere, except bfloat16 on the CPU, where
+    its kernels are several times slower (fwd + bwd) than two batched matmuls and a softmax for ViT shapes (measured
+    on an AVX-512-bf16 CPU: 197 tokens x 32 dims, 65 ms vs 25 ms per call; see benchmarks/README.md). The softmax of a
+    bf16 tensor accumulates in float32 internally, so both kernels compute the same function within bf16 rounding.
+    """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, N, M)
+        return scores.softmax(dim=-1) @ v  # (B, h, N, d)
+    return F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d); scale 1/sqrt(d)
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (with bias) and PyTorch's SDPA kernel."""
@@ -88,8 +113,24 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d); scale 1/sqrt(d)
+        x = attention(q, k, v)  # (B, h, N, d)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj(x)
+
+    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """``forward(x)`` at the token rows ``rows`` (B, M) only: keys and values from all N tokens, queries from M.
+
+        Equals ``forward(x).gather(1, rows)`` but spends the query, output-projection and attention work on M rows.
+        """
+        B, N, D = x.shape
+        M = rows.shape[1]
+        h, d = self.num_heads, self.head_dim
+        w_q, w_kv = self.qkv.weight.split([D, 2 * D])  # fused qkv rows are ordered [q; k; v]
+        b_q, b_kv = self.qkv.bias.split([D, 2 * D]) if self.qkv.bias is not None else (None, None)
+        k, v = F.linear(x, w_kv, b_kv).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
+        x_rows = torch.gather(x, 1, rows.unsqueeze(-1).expand(B, M, D))  # (B, M, D)
+        q = F.linear(x_rows, w_q, b_q).reshape(B, M, h, d).transpose(1, 2)  # (B, h, M, d)
+        x = attention(q, k, v).transpose(1, 2).reshape(B, M, D)  # (B, M, D)
         return self.proj(x)
 
 
@@ -135,4 +176,16 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+    def forward_rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """``forward(x)`` at the token rows ``rows`` (B, M) only: (B, N, D) -> (B, M, D).
+
+        Every token still serves as a key and value, so the result equals ``forward(x)`` gathered at ``rows``; the
+        MLP and the attention queries run on M rows. MAE training uses it for the last decoder block, whose outputs
+        only matter at the removed patches.
+        """
+        B, N, D = x.shape
+        x_rows = torch.gather(x, 1, rows.unsqueeze(-1).expand(B, rows.shape[1], D))  # (B, M, D)
+        x = x_rows + self.attn.forward_rows(self.norm1(x), rows)  # (B, M, D)
         return x + self.mlp(self.norm2(x))

@@ -187,6 +187,29 @@ class MaskedAutoEncoder(nn.Module):
         """Patch tokens with their positions added BEFORE masking, so every kept token knows where it came from."""
         return self.patch_embed(imgs) + self.pos_embed[:, 1:]  # (B, L, D)
 
+    def _embed_kept(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
+        """``_embed(imgs)`` gathered at ``ids_keep`` (B, K), computed for the K kept patches only.
+
+        The patch projection is linear per patch, so cutting the pixels first and projecting only the visible
+        ones gives the same tokens for a quarter of the embedding work (forward and backward).
+        """
+        B, K = ids_keep.shape
+        pixels = self.patchify(imgs)  # (B, L, P)
+        kept = torch.gather(pixels, 1, ids_keep.unsqueeze(-1).expand(B, K, pixels.shape[-1]))  # (B, K, P)
+        return self.patch_embed.embed_patches(kept) + self.pos_embed[0, 1:][ids_keep]  # (B, K, D)
+
+    def _mask_and_encode(
+        self, imgs: Tensor, mask_ratio: float, noise: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Draw the masking, embed and encode the visible patches: the encoder, plus ``ids_shuffle`` (B, L)."""
+        B, L = imgs.shape[0], self.config.num_patches
+        ids_shuffle, ids_restore, mask = MF.masking_indices(
+            B, L, mask_ratio, noise=noise, generator=generator, device=imgs.device
+        )
+        x = self._embed_kept(imgs, ids_shuffle[:, : MF.num_kept(L, mask_ratio)])  # (B, K, D)
+        # The mask takes the token dtype, as random_masking gives it (float32 under autocast, like the tokens).
+        return self._encode(x), mask.to(x.dtype), ids_restore, ids_shuffle  # latent (B, 1+K, D)
+
     def _encode(self, x: Tensor) -> Tensor:
         """Prepend the cls token and run the transformer: (B, N, D) -> (B, 1+N, D)."""
         B = x.shape[0]
@@ -217,9 +240,8 @@ class MaskedAutoEncoder(nn.Module):
         """
         self._check_images(imgs)
         ratio = self._resolve_mask_ratio(mask_ratio)
-        x = self._embed(imgs)  # (B, L, D)
-        x, mask, ids_restore = MF.random_masking(x, ratio, noise=noise, generator=generator)  # (B, K, D)
-        return EncoderOutput(self._encode(x), mask, ids_restore)  # latent (B, 1+K, D)
+        latent, mask, ids_restore, _ = self._mask_and_encode(imgs, ratio, noise, generator)
+        return EncoderOutput(latent, mask, ids_restore)  # latent (B, 1+K, D)
 
     def forward_features(self, imgs: Tensor) -> Tensor:
         """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm."""
@@ -247,13 +269,17 @@ class MaskedAutoEncoder(nn.Module):
                 f"ids_restore must be (B, L) = ({B}, {cfg.num_patches}) with at most L kept tokens in latent, "
                 f"got ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}"
             )
-        x = self.decoder_embed(latent)  # (B, 1+K, Dd)
-        patches = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd)
-        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
+        x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_pred(self.decoder_norm(x))  # (B, 1+L, P)
         return x[:, 1:]  # (B, L, P): drop the cls row
+
+    def _decoder_tokens(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """Decoder input: embedded latent + mask tokens, unshuffled to patch order, cls first, positions added."""
+        x = self.decoder_embed(latent)  # (B, 1+K, Dd)
+        patches = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd)
+        return torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
 
     # ------------------------------------------------------------------ loss
 
@@ -273,7 +299,8 @@ class MaskedAutoEncoder(nn.Module):
             raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
         if mask.shape != target.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
-        # A data-dependent check needs the value on the host: skip it inside torch.compile graphs.
+        # A data-dependent check needs the value on the host (a GPU sync): only here, for masks from outside.
+        # forward() and training_loss() build their masks themselves and never pay for it.
         if not torch.compiler.is_compiling() and not bool((mask != 0).any()):
             raise ValueError(
                 "mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
@@ -296,14 +323,52 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
+        ratio = self._training_mask_ratio(mask_ratio)
+        latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
+        pred = self.decoder(latent, ids_restore)
+        # The mask removes at least one patch by construction (checked above), so no host-side mask check here.
+        loss = MF.masked_mse_loss(pred, self.patchify(imgs), mask, self.config.norm_pix_loss)
+        return MAEOutput(loss, pred, mask)
+
+    def training_loss(
+        self,
+        imgs: Tensor,
+        mask_ratio: float | None = None,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``forward(imgs, ...).loss`` computed with only the work the loss needs: the fast training entry point.
+
+        Same arguments, same masking for the same noise or generator, same loss value and gradients (up to float
+        rounding) as ``forward``. It saves work that forward must do to return ``pred`` for every patch: the last
+        decoder block's queries, MLP, ``decoder_norm`` and ``decoder_pred`` run on the removed patches only (Sec. 3:
+        the loss is computed on removed patches only), and no (B, L, P) prediction is materialised.
+
+        Returns:
+            Scalar loss: per-patch MSE averaged over the removed patches.
+        """
+        ratio = self._training_mask_ratio(mask_ratio)
+        self._check_images(imgs)
+        latent, _, ids_restore, ids_shuffle = self._mask_and_encode(imgs, ratio, noise, generator)
+        B, L = ids_shuffle.shape
+        removed = ids_shuffle[:, MF.num_kept(L, ratio) :]  # (B, M) the removed patches, M = L - K
+        x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
+        for block in self.decoder_blocks[:-1]:
+            x = block(x)
+        x = self.decoder_blocks[-1].forward_rows(x, removed + 1)  # (B, M, Dd); +1 skips the cls row
+        pred = self.decoder_pred(self.decoder_norm(x))  # (B, M, P)
+        pixels = self.patchify(imgs)  # (B, L, P)
+        target = torch.gather(pixels, 1, removed.unsqueeze(-1).expand(B, removed.shape[1], pixels.shape[-1]))
+        return MF.per_patch_mse(pred, target, self.config.norm_pix_loss).mean()  # every row is a removed patch
+
+    def _training_mask_ratio(self, mask_ratio: float | None) -> float:
         ratio = self._resolve_mask_ratio(mask_ratio)
         if MF.num_kept(self.config.num_patches, ratio) == self.config.num_patches:
             raise ValueError(
                 f"mask_ratio={ratio} removes no patch out of {self.config.num_patches}: the loss would be undefined"
             )
-        latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
-        pred = self.decoder(latent, ids_restore)
-        return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
+        return ratio
 
     def extra_repr(self) -> str:
         cfg = self.config
