@@ -64,6 +64,7 @@ class Impl:
     forward: Callable[[torch.Tensor], Any]
     optimizer: torch.optim.Optimizer = field(init=False)
     notes: list[str] = field(default_factory=list)
+    eager: Impl | None = None  # for a compiled Impl: the eager one (FLOP counting cannot see into compiled code)
 
     def __post_init__(self) -> None:
         # Fused AdamW (one kernel for all parameters) for both: the optimizer should not decide the race.
@@ -101,7 +102,7 @@ def build_hf(cfg: MAEConfig, device: str) -> Impl:
 def compiled(impl: Impl, fullgraph: bool) -> Impl:
     """The same model and optimizer, with the loss and forward functions wrapped in ``torch.compile``."""
     out = Impl(impl.name + " +compile", impl.model, torch.compile(impl.train_loss, fullgraph=fullgraph),
-               torch.compile(impl.forward, fullgraph=fullgraph), list(impl.notes))
+               torch.compile(impl.forward, fullgraph=fullgraph), list(impl.notes), eager=impl)
     out.optimizer = impl.optimizer
     out.notes.append(f"fullgraph={fullgraph}")
     return out
@@ -129,13 +130,19 @@ def forward_step(impl: Impl, imgs: torch.Tensor, dtype: torch.dtype | None) -> N
         impl.forward(imgs)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def timed(fn: Callable[[], Any], device: str) -> float:
+    """Seconds one call takes on ``clock``: wall time by default; process CPU time with ``--clock cpu``, which a
+    busy shared machine disturbs far less (use it with ``--threads 1``, where CPU time is compute time)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
-    start = time.perf_counter()
+    start = clock()
     fn()
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 # ---------------------------------------------------------------------------------------------------------- FLOPs
@@ -238,7 +245,7 @@ def measure(
     H, W = cfg.img_size
     tokens = batch_size * (1 + cfg.num_patches)
     # A large square matmul and the decoder MLP's own shape; the best of them is the peak (small models: smaller).
-    side = 2048 if cfg.embed_dim >= 256 else 256
+    side = 256 if cfg.embed_dim < 256 else 8192 if device == "cuda" else 2048
     peak_shapes = [(side, side, side), (tokens, cfg.decoder_embed_dim, int(cfg.decoder_embed_dim * cfg.mlp_ratio))]
     mm_dtype = dtype or torch.float32
 
@@ -253,9 +260,11 @@ def measure(
             forward_step(impl, imgs, dtype)
         row["warmup_s"] = time.perf_counter() - t0
         row["graphs"] = dynamo_graphs() - graphs_before
+        print(f"  {precision} {impl.name}: warm-up {row['warmup_s']:.1f} s", flush=True)
         if extras:  # FLOPs and memory do not depend on timing noise: one untimed step each
-            row["train_flops"] = count_flops(lambda impl=impl: train_step(impl, imgs, dtype))
-            row["forward_flops"] = count_flops(lambda impl=impl: forward_step(impl, imgs, dtype))
+            counted = impl.eager or impl  # the same computation; the counter cannot look inside compiled code
+            row["train_flops"] = count_flops(lambda c=counted: train_step(c, imgs, dtype))
+            row["forward_flops"] = count_flops(lambda c=counted: forward_step(c, imgs, dtype))
             row["peak_mem_bytes"] = peak_step_memory(lambda impl=impl: train_step(impl, imgs, dtype), device)
         row["train_s"], row["forward_s"] = [], []
         rows.append(row)
@@ -301,7 +310,7 @@ def machine() -> str:
         cpu = names[0] if names else cpu
     if torch.cuda.is_available():
         cpu += f" / {torch.cuda.get_device_name()}"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {clock.__name__}"
 
 
 def fmt_mem(b: int | None) -> str:
@@ -349,6 +358,43 @@ def readme_section(rows: list[dict[str, Any]], args: argparse.Namespace, argv: l
                          f"{r['recompiles_while_timing']} recompiles while timing, compile + warm-up "
                          f"{r['warmup_s']:.0f} s.")
     lines += ["", "Reproduce:", "", "```bash", command, "```", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------- attention
+
+
+def attention_kernels(cfg: MAEConfig, batch_size: int, device: str, repeats: int) -> str:
+    """Forward + backward time of SDPA vs explicit matmul-softmax-matmul attention for the model's two shapes.
+
+    The evidence for the rule in ``mae.layers.attention`` (explicit kernels for bf16 on the CPU).
+    """
+    import torch.nn.functional as F
+
+    def explicit(q, k, v):
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+
+    K = int(cfg.num_patches * (1 - cfg.mask_ratio))
+    shapes = {
+        "encoder": (batch_size, cfg.num_heads, 1 + K, cfg.embed_dim // cfg.num_heads),
+        "decoder": (batch_size, cfg.decoder_num_heads, 1 + cfg.num_patches,
+                    cfg.decoder_embed_dim // cfg.decoder_num_heads),
+    }
+    lines = ["| shape (B, h, N, d) | dtype | SDPA fwd+bwd ms | explicit fwd+bwd ms |", "|---|---|---:|---:|"]
+    for name, shape in shapes.items():
+        for precision in ("fp32", "bf16"):
+            dtype = PRECISIONS[precision] or torch.float32
+            q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+            grad = torch.randn(shape, device=device, dtype=dtype)
+            kernels = {"sdpa": F.scaled_dot_product_attention, "explicit": explicit}
+            times: dict[str, list[float]] = {n: [] for n in kernels}
+            for r in range(repeats + 1):
+                for n in list(kernels)[:: 1 if r % 2 else -1]:
+                    t = timed(lambda f=kernels[n], qkv=(q, k, v), g=grad: f(*qkv).backward(g), device)
+                    if r:  # round 0 warms up
+                        times[n].append(t)
+            sdpa_ms, expl_ms = (1e3 * statistics.median(times[n]) for n in kernels)
+            lines.append(f"| {name} {shape} | {precision} | {sdpa_ms:.1f} | {expl_ms:.1f} |")
     return "\n".join(lines)
 
 
@@ -413,6 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation (medians reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time (default) or process CPU time (robust on a busy machine, with --threads 1)")
     p.add_argument("--no-hf", action="store_true", help="time mae-pytorch only")
     p.add_argument("--sweep", action="store_true", help="throughput vs batch size, image size and mask ratio")
     p.add_argument("--sweep-batch-sizes", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -423,6 +471,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every measurement here")
     p.add_argument("--readme", type=Path, default=None, help="write the results as a README-ready markdown section")
     p.add_argument("--tiny", action="store_true", help="smoke mode: tiny model, 2 rounds, seconds")
+    p.add_argument("--attention", action="store_true", help="only time the attention kernels (SDPA vs explicit)")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
         p.error(f"--batch-size and --repeats must be >= 1 and --warmup >= 0, got "
@@ -433,7 +482,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    global clock
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
+    if args.clock == "cpu" and args.device == "cuda":
+        print("--clock cpu measures host CPU time, not GPU time: using wall time on cuda")
+        clock = CLOCKS["wall"]
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_hf:
@@ -453,6 +507,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     device = args.device
 
     print(f"# {machine()}")
+    if args.attention:
+        print(attention_kernels(cfg, args.batch_size, device, max(args.repeats, 5)))
+        return []
     print(f"# {args.preset if not args.tiny else 'tiny'}: img {cfg.img_size}, batch {args.batch_size}, "
           f"mask_ratio {cfg.mask_ratio}, norm_pix_loss {cfg.norm_pix_loss}, {args.repeats} alternating rounds")
     rows: list[dict[str, Any]] = []
