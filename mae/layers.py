@@ -75,15 +75,22 @@ class PatchEmbedding(nn.Module):
         return F.linear(patches, weight, self.proj.bias)  # (B, N, D)
 
 
+# Above this many keys the explicit kernel's (N, M) score matrix costs more than SDPA's tiling saves (measured
+# crossover on an AVX-512-bf16 CPU: about 400 keys for head width 32).
+CPU_BF16_EXPLICIT_MAX_KEYS = 384
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(d)) v for (B, h, N, d) queries and (B, h, M, d) keys/values -> (B, h, N, d).
 
-    One function, two kernels chosen by a fixed rule: PyTorch's SDPA everywhere, except bfloat16 on the CPU, where
-    its kernels are several times slower (fwd + bwd) than two batched matmuls and a softmax for ViT shapes (measured
-    on an AVX-512-bf16 CPU: 197 tokens x 32 dims, 65 ms vs 25 ms per call; see benchmarks/README.md). The softmax of a
-    bf16 tensor accumulates in float32 internally, so both kernels compute the same function within bf16 rounding.
+    One function, two kernels chosen by a fixed rule: PyTorch's SDPA everywhere, except bfloat16 on the CPU with at
+    most ``CPU_BF16_EXPLICIT_MAX_KEYS`` keys, where SDPA's kernels are 2-4x slower (forward + backward) than two
+    batched matmuls and a softmax (AVX-512-bf16 CPU, ViT-B MAE at 224 px, batch 8: decoder 33.6 ms vs 13.9 ms,
+    encoder 7.7 ms vs 2.0 ms; at 785 keys SDPA wins, 281 ms vs 388 ms; in float32 SDPA is the faster one:
+    ``python benchmarks/bench.py --attention [--img-size 448]``). The softmax of a bf16 tensor accumulates in
+    float32 internally, so both kernels compute the same function within bf16 rounding.
     """
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and k.shape[-2] <= CPU_BF16_EXPLICIT_MAX_KEYS:
         scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, N, M)
         return scores.softmax(dim=-1) @ v  # (B, h, N, d)
     return F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d); scale 1/sqrt(d)

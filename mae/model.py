@@ -343,7 +343,8 @@ class MaskedAutoEncoder(nn.Module):
         Same arguments, same masking for the same noise or generator, same loss value and gradients (up to float
         rounding) as ``forward``. It saves work that forward must do to return ``pred`` for every patch: the last
         decoder block's queries, MLP, ``decoder_norm`` and ``decoder_pred`` run on the removed patches only (Sec. 3:
-        the loss is computed on removed patches only), and no (B, L, P) prediction is materialised.
+        the loss is computed on removed patches only), and no (B, L, P) prediction is materialised. Use it in
+        training loops: ``loss = model.training_loss(imgs); loss.backward()``.
 
         Returns:
             Scalar loss: per-patch MSE averaged over the removed patches.

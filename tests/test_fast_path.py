@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import mae.functional as MF
 from mae import Block, MaskedAutoEncoder, PatchEmbedding
-from mae.layers import attention
+from mae.layers import CPU_BF16_EXPLICIT_MAX_KEYS, attention
 
 TINY = dict(
     img_size=32, patch_size=8, in_chans=3, embed_dim=64, depth=2, num_heads=4,
@@ -178,6 +178,15 @@ def test_bf16_cpu_attention_equals_sdpa(shape):
         torch.testing.assert_close(g.float(), r, rtol=5e-2, atol=5e-2)
     # float32 takes SDPA itself
     assert torch.equal(attention(q, k, v), ref)
+
+
+def test_long_bf16_sequences_take_sdpa():
+    """Past the measured crossover the rule hands long sequences back to SDPA (same function, tiled kernel)."""
+    n = CPU_BF16_EXPLICIT_MAX_KEYS + 1
+    q, k, v = (torch.randn(1, 1, n, 8, dtype=torch.bfloat16) for _ in range(3))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    short = tuple(t[:, :, :CPU_BF16_EXPLICIT_MAX_KEYS] for t in (q, k, v))
+    torch.testing.assert_close(attention(*short), F.scaled_dot_product_attention(*short), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("entry", ["forward", "training_loss"])
