@@ -420,6 +420,7 @@ def sweep(args: argparse.Namespace, base: MAEConfig, device: str) -> list[dict[s
 
 def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -431,6 +432,10 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
             pts = sorted((r["value"], r["train_img_s"]) for r in results if r["axis"] == axis and r["impl"] == impl)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
+        if axis == "batch_size":
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({r["value"] for r in results if r["axis"] == axis}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel(axis.replace("_", " "))
         ax.set_ylabel("train images/s")
         ax.grid(alpha=0.3)
@@ -536,7 +541,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.sweep:
         print("\nscaling sweep (train step, precision " + args.precision[0] + ")", flush=True)
         sweep_rows = sweep(args, cfg, device)
-        plot(sweep_rows, args.plot, f"{machine()}; {args.precision[0]}, train step (fwd+bwd+AdamW)")
+        name = "tiny" if args.tiny else args.preset
+        plot(sweep_rows, args.plot, f"{name}, {args.precision[0]}, train step (fwd+bwd+AdamW); {machine()}")
         print(f"plot saved to {args.plot}")
     if args.readme:
         args.readme.parent.mkdir(parents=True, exist_ok=True)
