@@ -27,7 +27,7 @@ _HELP = {
     "norm_pix_loss": "reconstruct per-patch normalised pixels (the paper's best features)",
     "model_overrides": "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)",
     "data": "folder of images, flat or one subfolder per class; default: scikit-image's bundled photographs",
-    "repeat": "each image appears this many times per epoch, with different crops (default 1 for --data, 48 for "
+    "repeat": "each image appears this many times per epoch, with different crops (default 1 for --data, 32 for "
               "the photographs)",
     "num_workers": "data-loader processes per training process",
     "batch_size": "images per process per micro-step",
