@@ -67,6 +67,15 @@ def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / which / "model.safetensors")
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one core; many threads on a busy machine mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # ---------------------------------------------------------------------------------------------- a whole run
 
 
@@ -299,6 +308,21 @@ def test_cli_refuses_an_output_folder_holding_a_run(tmp_path, capsys):
     assert main(tiny_args(tmp_path, data, "--name", "mine", "--overwrite")) == 2
     assert "does not hold a run" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "precious"
+
+
+def test_tensorboard_is_optional_and_checked_first(tmp_path, monkeypatch, capsys):
+    data = write_images(tmp_path / "data", 8)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    assert main(tiny_args(tmp_path, data, "--tensorboard")) == 2
+    assert "pip install 'mae-pytorch[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_logs_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    data = write_images(tmp_path / "data", 8)
+    assert main(tiny_args(tmp_path, data, "--tensorboard")) == 0
+    assert list((tmp_path / "runs" / "t" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_python_m_entry_point_runs():

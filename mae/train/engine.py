@@ -8,7 +8,6 @@ Under DDP only the last micro-batch of a group synchronises gradients (``no_sync
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import time
@@ -35,7 +34,7 @@ from .config import RESUMABLE_FIELDS, TrainConfig
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
-from .metrics import MetricsLog
+from .metrics import MetricsLog, require_tensorboard
 from .optim import build_optimizer
 from .rundir import METRICS_FILE, RUN_CONFIG_FILE, check_run_dir, prepare_run_dir, write_json_atomic
 from .schedule import lr_at_step, scaled_lr
@@ -98,8 +97,8 @@ def pretrain(config: TrainConfig, *, resume: str | os.PathLike | Checkpoint | No
         run_dir = Path(config.output_dir) / config.run_name
     # Fail on a bad output folder before any process is started or anything written.
     check_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'mae-pytorch[tensorboard]'")
+    if config.tensorboard:
+        require_tensorboard()
     info = init_distributed(config.device)
     try:
         return _run(config, info, run_dir, ckpt)

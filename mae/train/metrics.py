@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "read_metrics", "loss_history"]
+__all__ = ["MetricsLog", "loss_history", "open_tensorboard", "read_metrics", "require_tensorboard"]
 
 
 class MetricsLog:
@@ -44,6 +44,16 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def require_tensorboard() -> None:
+    """Fail early, before any work, when TensorBoard logging is asked for but not installed."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            "--tensorboard needs the tensorboard package: pip install 'mae-pytorch[tensorboard]'"
+        ) from err
 
 
 def open_tensorboard(log_dir: str | os.PathLike):
