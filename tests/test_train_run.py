@@ -109,6 +109,17 @@ def test_default_data_run_writes_everything(tmp_path, capsys):
     assert "epoch 2/2" in out and "img/s" in out
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(tmp_path, precision):
+    data = write_images(tmp_path / "data", 8)
+    result = pretrain(tiny_config(tmp_path, data, precision=precision, epochs=1))
+    assert math.isfinite(result.last_loss)
+    resolved = json.loads((result.run_dir / "train_config.json").read_text())["resolved"]
+    assert resolved["precision"] == precision
+    scaler = torch.load(result.run_dir / "checkpoints/last/train_state.pt", weights_only=True)["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # the grad scaler is used (and saved) for fp16 only
+
+
 # ---------------------------------------------------------------------------------------------- resume
 
 

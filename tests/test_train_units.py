@@ -21,7 +21,7 @@ from mae.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from mae.train.data import PretrainSamples, scan_image_folder, train_transform
+from mae.train.data import ImageFiles, PretrainSamples, UnreadableImageError, scan_image_folder, train_transform
 from mae.train.optim import build_optimizer
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
@@ -168,6 +168,30 @@ def test_samples_are_a_function_of_seed_epoch_index():
     assert not torch.equal(ds[3][1], noise)  # another index: another crop and mask
     ds.set_epoch(1)
     assert not torch.equal(ds[1][1], noise)  # another epoch: another draw
+
+
+def test_samples_do_not_depend_on_the_number_of_workers():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
+    ds = PretrainSamples([photo] * 4, train_transform(16), num_patches=4, seed=0, repeat=2)
+    ds.set_epoch(3)
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
+        batches[workers] = [torch.cat([img.flatten(1), noise], 1) for img, noise in loader]
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_file_that_cannot_be_decoded_stops_with_its_name(tmp_path):
+    write_images(tmp_path, 1)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "cut.jpg")
+    full = (tmp_path / "cut.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])  # header intact, pixel data cut
+    readable, skipped = scan_image_folder(tmp_path)
+    assert len(readable) == 2 and not skipped  # the scan only reads headers
+    with pytest.raises(UnreadableImageError, match=r"cut\.jpg.*cannot be decoded"):
+        ImageFiles(readable)[0]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -34,6 +34,7 @@ __all__ = [
     "SKIMAGE_TRAIN",
     "SKIMAGE_HELD_OUT",
     "ImageFiles",
+    "UnreadableImageError",
     "PretrainSamples",
     "scan_image_folder",
     "skimage_photos",
@@ -119,6 +120,10 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     return readable, skipped
 
 
+class UnreadableImageError(ValueError):
+    """An image file passed the start-up scan but cannot be decoded (the run stops; see the module docstring)."""
+
+
 class ImageFiles(Dataset):
     """Images on disk, decoded to RGB PIL images on access."""
 
@@ -134,8 +139,8 @@ class ImageFiles(Dataset):
             with Image.open(path) as im:
                 return im.convert("RGB")
         except Exception as err:
-            raise RuntimeError(
-                f"image file {str(path)!r} opened when --data was scanned but cannot be decoded now ({err}); "
+            raise UnreadableImageError(
+                f"image file {str(path)!r} opened when --data was scanned but cannot be decoded ({err}); "
                 "remove or replace it and resume from the last checkpoint"
             ) from err
 

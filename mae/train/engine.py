@@ -205,13 +205,14 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: Checkpoint | 
                 tqdm.write(f"epoch {done}/{config.epochs}  step {global_step}  loss {epoch_loss:.4f}  "
                            f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s")
             stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
-            if info.is_main and (done % config.save_every == 0 or done == config.epochs or stopping):
+            keep = bool(config.keep_every) and done % config.keep_every == 0
+            if info.is_main and (done % config.save_every == 0 or keep or done == config.epochs or stopping):
                 train_state = {
                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": done,
                     "global_step": global_step, "rng": capture_rng_state(), "run_config": config.to_dict(),
                 }
                 save_checkpoint(last_ckpt, model, train_state)
-                if config.keep_every and done % config.keep_every == 0:
+                if keep:
                     link_checkpoint(last_ckpt, run_dir / "checkpoints" / f"epoch_{done:04d}")
             barrier(info)
             if stopping:
