@@ -311,3 +311,28 @@ class MaskedAutoEncoder(nn.Module):
             f"img_size={cfg.img_size}, patch_size={cfg.patch_size}, in_chans={cfg.in_chans}, "
             f"mask_ratio={cfg.mask_ratio}, norm_pix_loss={cfg.norm_pix_loss}"
         )
+
+    # ------------------------------------------------------------------ checkpoints (mae/checkpoints.py)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: Any, *, device: Any = None, dtype: Any = None, strict: bool = False, **overrides: Any
+    ) -> MaskedAutoEncoder:
+        """Build and load a model from a checkpoint: an official release file, a directory written by
+        ``save_pretrained`` or the trainer, a Hugging Face ViTMAE directory, or a state dict.
+
+        The config comes from the checkpoint (its config file, else its tensor shapes); ``overrides`` win. A partial
+        load (e.g. an encoder-only file leaves the decoder untrained) warns with the report; for the report itself
+        use ``mae.checkpoints.load_pretrained``. Pickled files are read with ``torch.load(weights_only=True)`` only.
+        """
+        from .checkpoints import _warn_if_partial, load_pretrained
+
+        model, report = load_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
+        _warn_if_partial(report)
+        return model
+
+    def save_pretrained(self, directory: Any) -> Any:
+        """Write ``config.json`` + ``model.safetensors`` to ``directory``; ``from_pretrained`` reloads it exactly."""
+        from .checkpoints import save_pretrained
+
+        return save_pretrained(self, directory)
