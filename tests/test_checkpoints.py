@@ -292,6 +292,8 @@ def test_checkpoints_notebook_runs(tmp_path, monkeypatch):
     nb = nbformat.read(ROOT / "examples" / "03_checkpoints.ipynb", as_version=4)
     # The kernel is a subprocess: it must import this checkout's mae.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    # A model this small trains fastest on one thread; on a busy 2-core machine two threads are ~10x slower.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": tmp_path}})
     client.execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

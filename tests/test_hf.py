@@ -47,6 +47,11 @@ def inputs(model: MaskedAutoEncoder, seed: int = 1) -> tuple[torch.Tensor, torch
     return imgs, noise
 
 
+def in_memory_layout(hf_model) -> str:
+    """transformers 5 names its modules q_proj/k_proj/...; transformers 4 uses the Hub's names."""
+    return "modular" if any(".q_proj." in k for k in hf_model.state_dict()) else "hub"
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
@@ -63,19 +68,22 @@ def assert_same_pretraining(mine: MaskedAutoEncoder, hf: ViTMAEForPreTraining) -
 
 
 def test_position_table_layout_matches_transformers():
-    """HF builds its tables with its own function (then swaps halves); the result must be our table."""
-    for dim, grid in ((64, (4, 4)), (32, (3, 5))):
-        table = modeling_vit_mae.build_2d_sinusoidal_position_embedding(*grid, embed_dim=dim, cls_token=True)
-        half = dim // 2
-        table = torch.cat([table[..., half:], table[..., :half]], dim=-1)  # what ViTMAE's initialize_weights does
-        assert max_diff(table, sincos_pos_embed_2d(dim, grid)) < 1e-6
+    """HF builds its tables with its own function; the result must be our table, so no reordering is needed."""
+    for dim, side in ((64, 4), (32, 6)):
+        if hasattr(modeling_vit_mae, "build_2d_sinusoidal_position_embedding"):  # transformers 5
+            table = modeling_vit_mae.build_2d_sinusoidal_position_embedding(side, side, embed_dim=dim, cls_token=True)
+            half = dim // 2
+            table = torch.cat([table[..., half:], table[..., :half]], dim=-1)  # as ViTMAE's initialize_weights does
+        else:  # transformers 4
+            table = torch.from_numpy(modeling_vit_mae.get_2d_sincos_pos_embed(dim, side, add_cls_token=True))
+        assert max_diff(table, sincos_pos_embed_2d(dim, side)) < 1e-6
 
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 def test_ours_to_hf_same_loss_mask_and_pixels(norm_pix_loss):
     mine = ours(norm_pix_loss=norm_pix_loss)
     hf = ViTMAEForPreTraining(hf_config(norm_pix_loss=norm_pix_loss)).eval()
-    hf.load_state_dict(mae_to_hf_state_dict(mine.state_dict(), layout="modular"), strict=True)
+    hf.load_state_dict(mae_to_hf_state_dict(mine.state_dict(), layout=in_memory_layout(hf)), strict=True)
     assert_same_pretraining(mine, hf)
 
 
@@ -97,7 +105,8 @@ def test_hf_to_ours_same_loss_mask_and_pixels(tmp_path, norm_pix_loss):
 def test_vitmae_model_hidden_state_equals_our_latent():
     mine = ours()
     hf = ViTMAEModel(hf_config()).eval()
-    hf.load_state_dict(mae_to_hf_state_dict(mine.state_dict(), layout="modular", encoder_only=True), strict=True)
+    sd = mae_to_hf_state_dict(mine.state_dict(), layout=in_memory_layout(hf), encoder_only=True)
+    hf.load_state_dict(sd, strict=True)
     imgs, noise = inputs(mine)
     with torch.no_grad():
         latent, mask, ids_restore = mine.encoder(imgs, noise=noise)
