@@ -440,8 +440,11 @@ def load_checkpoint(
             f"{ckpt.source} does not fit the model ({'strict' if strict else 'non-strict'} load): "
             f"missing keys {bad_missing}; unexpected keys {bad_unexpected}"
         )
-    with torch.no_grad():
-        model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
+    if model.device.type == "meta":
+        notes.append("the model is on the meta device: names and shapes checked, no values copied")
+    else:
+        with torch.no_grad():
+            model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
     return LoadReport(
         source=ckpt.source, format=ckpt.format, config=model.config,
         loaded=[k for k in expected if k in state_dict], missing=missing,
@@ -511,7 +514,8 @@ def write_weights_dir(directory: str | os.PathLike, config: Mapping[str, Any], t
 def save_pretrained(model: MaskedAutoEncoder, directory: str | os.PathLike) -> Path:
     """Save ``model`` as ``directory/config.json`` (``MAEConfig`` fields) + ``directory/model.safetensors``.
 
-    ``load_pretrained(directory)`` rebuilds it bit-exactly (in the saved dtype).
+    ``load_pretrained(directory)`` rebuilds it bit-exactly (float32 by default, which holds bf16/fp16 values exactly;
+    pass ``dtype=`` to get the saved dtype back).
     """
     config = {**model.config.to_dict(), "format": FORMAT_TAG}
     return write_weights_dir(directory, config, model.state_dict())

@@ -306,3 +306,15 @@ def test_hub_free_import_of_checkpoints_module_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bfloat16_round_trip_and_meta_device(tmp_path):
+    model = tiny(seed=11, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    back = MaskedAutoEncoder.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert back.cls_token.dtype == torch.bfloat16 and same_weights(back, model)
+    # On the meta device nothing is copied, but names and shapes are still checked.
+    meta, report = load_pretrained(tmp_path, device="meta")
+    assert meta.device.type == "meta" and any("meta device" in n for n in report.notes)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_checkpoint(MaskedAutoEncoder(**{**TINY, "embed_dim": 32}, device="meta"), tmp_path)
