@@ -267,7 +267,7 @@ def infer_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> tuple[MA
     if absent:
         raise ValueError(
             f"cannot infer the model from the weights: keys {absent} are missing (is this an MAE/ViT checkpoint?); "
-            "pass the model's arguments explicitly"
+            "to load it anyway, build the model yourself and call load_checkpoint(model, source)"
         )
     embed_dim = state_dict["cls_token"].shape[-1]
     _, in_chans, ph, pw = state_dict["patch_embed.proj.weight"].shape
@@ -287,6 +287,8 @@ def infer_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> tuple[MA
             raise ValueError(
                 f"pos_embed has {num_patches} patch rows, not a square grid; pass img_size=(H, W) to say which grid"
             )
+    elif "img_size" not in overrides:
+        notes.append(f"no pos_embed in the weights to read the image size from; using {MAEConfig().img_size}")
     if "decoder_embed.weight" in state_dict:
         found["decoder_embed_dim"] = state_dict["decoder_embed.weight"].shape[0]
         found["decoder_depth"] = _count_blocks(state_dict, "decoder_blocks")
@@ -432,9 +434,15 @@ def load_checkpoint(
         allowed_missing |= {k for k in missing if k.startswith("norm.")}
         notes.append("fine-tuned file: it carries fc_norm/head instead of norm; the encoder's final norm stays at "
                      "initialisation and fc_norm/head are skipped")
+    absent_tables = [k for k in _TABLES if k in missing and k not in allowed_missing]
+    if absent_tables:
+        # The tables are fixed functions of the grid, so a file that left them out loses nothing.
+        allowed_missing |= set(absent_tables)
+        notes.append(f"{absent_tables} not in the file: the fixed sin-cos tables built with the model are used")
     allowed_unexpected = {k for k in unexpected if k.startswith(_FINETUNE_HEAD)}
     bad_missing = [k for k in missing if strict or k not in allowed_missing]
-    bad_unexpected = [k for k in unexpected if strict or k not in allowed_unexpected]
+    # Source keys that no conversion could place (ckpt.skipped) mean a file of another kind: always an error.
+    bad_unexpected = [k for k in unexpected if strict or k not in allowed_unexpected] + ckpt.skipped
     if bad_missing or bad_unexpected:
         raise ValueError(
             f"{ckpt.source} does not fit the model ({'strict' if strict else 'non-strict'} load): "

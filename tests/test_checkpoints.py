@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mae import MaskedAutoEncoder, create_model
+from mae import MAEConfig, MaskedAutoEncoder, create_model
 from mae.checkpoints import (
     UnsafeCheckpointError,
     infer_config,
@@ -127,6 +127,15 @@ def test_preset_inferred_from_shapes():
     assert any("mae_vit_tiny_patch16" in n for n in notes)
     config, _ = infer_config(encoder_part(reference.state_dict()), norm_pix_loss=True)
     assert config == reference.config.replace(norm_pix_loss=True)  # decoder from the preset, kwargs win
+
+
+@pytest.mark.parametrize("name", ["mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14"])
+@pytest.mark.parametrize("part", ["full", "encoder-only"])
+def test_released_shapes_infer_the_official_presets(name, part):
+    """The release files' shapes (read off meta tensors: no memory) give back the paper's models."""
+    sd = create_model(name, device="meta").state_dict()
+    config, _ = infer_config(sd if part == "full" else encoder_part(sd))
+    assert config == MAEConfig.from_name(name)
 
 
 def test_heads_are_required_when_no_preset_matches():
@@ -300,7 +309,7 @@ def test_checkpoints_notebook_runs(tmp_path, monkeypatch):
     assert "max |timm - ours|" in outputs
 
 
-def test_hub_free_import_of_checkpoints_module_is_cheap():
+def test_checkpoints_import_does_not_pull_in_transformers():
     """mae.checkpoints must not import transformers (a test-only dependency)."""
     code = "import sys, mae.checkpoints, mae.interop.hf; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
@@ -318,3 +327,13 @@ def test_bfloat16_round_trip_and_meta_device(tmp_path):
     assert meta.device.type == "meta" and any("meta device" in n for n in report.notes)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_checkpoint(MaskedAutoEncoder(**{**TINY, "embed_dim": 32}, device="meta"), tmp_path)
+
+
+def test_file_without_the_fixed_tables_uses_the_built_ones():
+    model = tiny(seed=12)
+    sd = {k: v for k, v in model.state_dict().items() if k not in ("pos_embed", "decoder_pos_embed")}
+    back, report = load_pretrained(sd, img_size=48, **HEADS)
+    assert torch.equal(back.pos_embed[0], sincos_pos_embed_2d(64, (6, 6)))
+    assert any("not in the file" in n for n in report.notes)
+    with pytest.raises(ValueError, match=r"missing keys \['pos_embed', 'decoder_pos_embed'\]"):
+        load_pretrained(sd, strict=True, **HEADS)
