@@ -19,7 +19,7 @@ dependencies = ["torch", "timm", "einops", "numpy", "safetensors"]
 def _make_entry(name: str):  # noqa: ANN202 - returns the entry point function
     def entry(pretrained: _Any = None, *, checkpoint: _Any = None, **kwargs: _Any):  # noqa: ANN202
         from mae import create_model
-        from mae.checkpoints import _warn_if_partial, load_checkpoint
+        from mae.checkpoints import load_checkpoint
 
         if pretrained is not None and checkpoint is not None:
             raise ValueError("pass the checkpoint path as pretrained= or checkpoint=, not both")
@@ -32,7 +32,7 @@ def _make_entry(name: str):  # noqa: ANN202 - returns the entry point function
         model = create_model(name, **kwargs)
         if path is not None and path is not False:
             # The preset (plus kwargs) fixes the architecture; the file must fit it (shape errors say where not).
-            _warn_if_partial(load_checkpoint(model, path))
+            load_checkpoint(model, path).warn_if_partial()
         return model
 
     entry.__name__ = entry.__qualname__ = name

@@ -51,6 +51,7 @@ __all__ = [
     "LoadReport",
     "UnsafeCheckpointError",
     "adapt_pos_embed",
+    "from_pretrained",
     "infer_config",
     "load_checkpoint",
     "load_pretrained",
@@ -99,6 +100,11 @@ class LoadReport:
     @property
     def decoder_loaded(self) -> bool:
         return not any(_is_decoder_key(k) for k in self.missing)
+
+    def warn_if_partial(self, stacklevel: int = 2) -> None:
+        """Issue a ``UserWarning`` carrying this report if any model tensor or file tensor went unused."""
+        if self.missing or self.skipped:
+            warnings.warn(str(self), UserWarning, stacklevel=stacklevel + 1)
 
     def __str__(self) -> str:
         lines = [
@@ -529,7 +535,8 @@ def save_pretrained(model: MaskedAutoEncoder, directory: str | os.PathLike) -> P
     return write_weights_dir(directory, config, model.state_dict())
 
 
-def _warn_if_partial(report: LoadReport) -> None:
-    """Used by ``MaskedAutoEncoder.from_pretrained``: a partial load deserves a visible warning."""
-    if report.missing or report.skipped:
-        warnings.warn(str(report), UserWarning, stacklevel=3)
+def from_pretrained(source: str | os.PathLike | Mapping[str, Any], **kwargs: Any) -> MaskedAutoEncoder:
+    """``load_pretrained`` without the report, warning with it when something was left out or skipped."""
+    model, report = load_pretrained(source, **kwargs)
+    report.warn_if_partial(stacklevel=3)
+    return model

@@ -318,18 +318,17 @@ class MaskedAutoEncoder(nn.Module):
     def from_pretrained(
         cls, source: Any, *, device: Any = None, dtype: Any = None, strict: bool = False, **overrides: Any
     ) -> MaskedAutoEncoder:
-        """Build and load a model from a checkpoint: an official release file, a directory written by
-        ``save_pretrained`` or the trainer, a Hugging Face ViTMAE directory, or a state dict.
+        """Build the model a checkpoint describes and load its weights (see ``mae.checkpoints``).
 
-        The config comes from the checkpoint (its config file, else its tensor shapes); ``overrides`` win. A partial
-        load (e.g. an encoder-only file leaves the decoder untrained) warns with the report; for the report itself
-        use ``mae.checkpoints.load_pretrained``. Pickled files are read with ``torch.load(weights_only=True)`` only.
+        Reads official release files, directories from ``save_pretrained`` or the trainer, Hugging Face ViTMAE
+        directories, and state dicts; pickled files only through ``torch.load(weights_only=True)``. The config comes
+        from the checkpoint (its config file, else its tensor shapes); ``overrides`` win. A partial load (e.g. an
+        encoder-only file leaves the decoder untrained) warns with the load report; ``mae.checkpoints.load_pretrained``
+        returns the report.
         """
-        from .checkpoints import _warn_if_partial, load_pretrained
+        from .checkpoints import from_pretrained
 
-        model, report = load_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
-        _warn_if_partial(report)
-        return model
+        return from_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
 
     def save_pretrained(self, directory: Any) -> Any:
         """Write ``config.json`` + ``model.safetensors`` to ``directory``; ``from_pretrained`` reloads it exactly."""
