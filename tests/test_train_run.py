@@ -99,6 +99,10 @@ def test_default_data_run_writes_everything(tmp_path, capsys):
         config.pop("format")
         model = MaskedAutoEncoder.from_config(MAEConfig(**config))
         model.load_state_dict(weights(run, which))
+    # the library's loader reads the trainer's checkpoints as they are
+    loaded = MaskedAutoEncoder.from_pretrained(run / "checkpoints" / "last", strict=True)
+    for k, v in weights(run).items():
+        assert torch.equal(loaded.state_dict()[k], v), k
     kept, last = run / "checkpoints" / "epoch_0002", run / "checkpoints" / "last"
     assert (kept / "model.safetensors").stat().st_ino == (last / "model.safetensors").stat().st_ino  # hard link
     state = torch.load(last / "train_state.pt", weights_only=True)
@@ -112,10 +116,11 @@ def test_default_data_run_writes_everything(tmp_path, capsys):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs(tmp_path, precision):
     data = write_images(tmp_path / "data", 8)
-    result = pretrain(tiny_config(tmp_path, data, precision=precision, epochs=1))
+    result = pretrain(tiny_config(tmp_path, data, precision=precision, epochs=1, threads=2))
     assert math.isfinite(result.last_loss)
     resolved = json.loads((result.run_dir / "train_config.json").read_text())["resolved"]
     assert resolved["precision"] == precision
+    assert resolved["threads"] == 2 and torch.get_num_threads() == 1  # applied during the run, restored after
     scaler = torch.load(result.run_dir / "checkpoints/last/train_state.pt", weights_only=True)["scaler"]
     assert bool(scaler) == (precision == "fp16")  # the grad scaler is used (and saved) for fp16 only
 

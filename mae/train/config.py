@@ -19,8 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # What may differ when a run is resumed: fields that change neither the model, the data nor the optimisation.
 RESUMABLE_FIELDS = frozenset({
-    "epochs", "stop_after_epoch", "num_workers", "device", "compile", "save_every", "keep_every", "log_every",
-    "progress", "figures", "tensorboard",
+    "epochs", "stop_after_epoch", "num_workers", "device", "compile", "threads", "save_every", "keep_every",
+    "log_every", "progress", "figures", "tensorboard",
 })
 
 
@@ -53,6 +53,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16 (grad scaler)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
+    # torch's CPU threads in each process during the run; None leaves torch's setting. One, like torchrun's default:
+    # for small models and on shared machines extra threads mostly wait for each other (README: measured)
+    threads: int | None = 1
     seed: int = 0
     # output
     output_dir: str = "runs"
@@ -71,7 +74,7 @@ class TrainConfig:
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(list_models())}")
         for name in ("img_size", "batch_size", "accum_iter", "epochs", "save_every", "log_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("patch_size", "repeat", "stop_after_epoch"):
+        for name in ("patch_size", "repeat", "stop_after_epoch", "threads"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         for name in ("num_workers", "keep_every", "seed"):

@@ -100,9 +100,13 @@ def pretrain(config: TrainConfig, *, resume: str | os.PathLike | Checkpoint | No
     if config.tensorboard:
         require_tensorboard()
     info = init_distributed(config.device)
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
         return _run(config, info, run_dir, ckpt)
     finally:
+        torch.set_num_threads(threads_before)
         shutdown(info)
 
 
@@ -292,6 +296,7 @@ def _resolved(config: TrainConfig, plan: _Plan, model_cfg, data: dict, *, resume
         "config": config.to_dict(),
         "resolved": {
             "device": str(plan.device), "precision": plan.precision, "world_size": plan.world_size,
+            "threads": torch.get_num_threads(),
             "effective_batch": plan.effective_batch, "lr": plan.lr, "steps_per_epoch": plan.steps_per_epoch,
             "total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
             "resumed_from": str(resume.path) if resume is not None else None,
