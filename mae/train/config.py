@@ -39,13 +39,13 @@ class TrainConfig:
     data: str | None = None  # folder of images (flat or class subfolders); None: scikit-image's photographs
     repeat: int | None = None  # images per epoch = repeat * dataset size; None: 1 for --data, 32 for the photos
     num_workers: int = 2  # data-loader processes per training process
-    # optimisation (the paper's recipe, Sec. 4 / A.1; the default run raises blr because it makes 120 steps at
-    # batch 32 rather than 800 epochs at batch 4096: lr = 8e-3 * 32 / 256 = 1e-3)
+    # optimisation (the paper's recipe, Sec. 4 / A.1; the default run raises blr because it makes 240 steps at
+    # batch 32 rather than 800 epochs at batch 4096: lr = 1.6e-2 * 32 / 256 = 2e-3)
     batch_size: int = 32  # per process, per micro-step
     accum_iter: int = 1  # micro-steps per optimizer step (effective batch = batch * accum * world size)
-    epochs: int = 10
+    epochs: int = 20
     warmup_epochs: float = 1.0  # paper: 40 of 800
-    blr: float = 8e-3  # base lr, scaled by effective_batch / 256 (paper: 1.5e-4)
+    blr: float = 1.6e-2  # base lr, scaled by effective_batch / 256 (paper: 1.5e-4)
     lr: float | None = None  # absolute lr; overrides blr when set
     min_lr: float = 0.0  # floor of the cosine
     weight_decay: float = 0.05
@@ -61,7 +61,7 @@ class TrainConfig:
     output_dir: str = "runs"
     name: str | None = None  # run folder under output_dir; None: "default" for the photos, else <data>-<model>
     save_every: int = 1  # epochs between updates of checkpoints/last (always updated at the end)
-    keep_every: int = 5  # epochs between kept copies checkpoints/epoch_XXXX (0: none)
+    keep_every: int = 10  # epochs between kept copies checkpoints/epoch_XXXX (0: none)
     stop_after_epoch: int | None = None  # leave cleanly after this epoch, e.g. before a job's time limit
     log_every: int = 1  # optimizer steps between metric records
     progress: bool = True  # tqdm bar per epoch
