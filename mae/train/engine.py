@@ -239,7 +239,8 @@ def train_one_epoch(
     n = len(loader)
     autocast_dtype = _AUTOCAST_DTYPES.get(plan.precision)
     bar = tqdm(total=math.ceil(n / config.accum_iter), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-               disable=not (config.progress and info.is_main), leave=False, dynamic_ncols=True)
+               # None: shown on a terminal only, so log files of batch jobs keep just the epoch lines
+               disable=None if config.progress and info.is_main else True, leave=False, dynamic_ncols=True)
     group_loss = torch.zeros((), device=plan.device)
     loss_sum, steps, t_step, images = 0.0, 0, time.perf_counter(), 0
     for i, (imgs, noise) in enumerate(loader):
