@@ -100,6 +100,20 @@ def test_param_groups_follow_the_paper():
 # ---------------------------------------------------------------------------------------------- config
 
 
+def test_defaults_follow_the_data_source():
+    demo = TrainConfig()  # the built-in photographs: a CPU-sized run
+    assert (demo.img_size, demo.patch_size, demo.batch_size, demo.epochs, demo.warmup_epochs, demo.blr) == (
+        64, 8, 32, 20, 1.0, 1.6e-2)
+    assert demo.model_config.grid_size == (8, 8)
+    paper = TrainConfig(data="/imagenet/train", model="mae_vit_huge_patch14")  # the paper's recipe (Sec. 4)
+    assert (paper.img_size, paper.patch_size, paper.epochs, paper.warmup_epochs, paper.blr, paper.repeat) == (
+        224, 14, 800, 40.0, 1.5e-4, 1)
+    assert (paper.weight_decay, paper.mask_ratio) == (0.05, 0.75)
+    # concrete values are stored, so a saved config rebuilds to itself
+    assert TrainConfig.from_dict(paper.to_dict()) == paper
+    assert TrainConfig(data="d", epochs=3, warmup_epochs=1).epochs == 3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

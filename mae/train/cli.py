@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..config import list_models
 from .checkpoint import load_checkpoint
-from .config import RESUMABLE_FIELDS, TrainConfig
+from .config import DEMO_DEFAULTS, PAPER_DEFAULTS, RESUMABLE_FIELDS, TrainConfig
 from .engine import NonFiniteLossError, pretrain
 
 __all__ = ["build_parser", "main"]
@@ -23,19 +23,18 @@ __all__ = ["build_parser", "main"]
 _HELP = {
     "model": "model preset: " + ", ".join(list_models()),
     "img_size": "square crop size in pixels",
-    "patch_size": "patch size (overrides the preset's)",
+    "patch_size": "patch size",
     "mask_ratio": "fraction of patches removed",
     "norm_pix_loss": "reconstruct per-patch normalised pixels (the paper's best features)",
     "model_overrides": "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)",
     "data": "folder of images, flat or one subfolder per class; default: scikit-image's bundled photographs",
-    "repeat": "each image appears this many times per epoch, with different crops (default 1 for --data, 32 for "
-              "the photographs)",
+    "repeat": "each image appears this many times per epoch, with different crops",
     "num_workers": "data-loader processes per training process",
     "batch_size": "images per process per micro-step",
     "accum_iter": "micro-steps per optimizer step (gradient accumulation)",
     "epochs": "epochs to train in total",
     "warmup_epochs": "epochs of linear warm-up (per iteration)",
-    "blr": "base learning rate; lr = blr * effective_batch / 256 (paper: 1.5e-4)",
+    "blr": "base learning rate; lr = blr * effective_batch / 256",
     "lr": "absolute learning rate (overrides --blr)",
     "min_lr": "floor of the cosine decay",
     "weight_decay": "AdamW weight decay (not on biases and norms)",
@@ -60,9 +59,10 @@ _HELP = {
 
 def _type_of(field: dataclasses.Field):
     default = field.default
-    if field.name in ("patch_size", "repeat", "stop_after_epoch", "threads"):
+    if field.name in ("img_size", "patch_size", "repeat", "batch_size", "epochs", "keep_every", "stop_after_epoch",
+                      "threads"):
         return int
-    if field.name == "lr":
+    if field.name in ("lr", "blr", "warmup_epochs"):
         return float
     if field.name == "data" or field.name == "name":
         return str
@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        help_text = f"{_HELP[field.name]} (default: {field.default})"
+        if field.name in DEMO_DEFAULTS:
+            paper = PAPER_DEFAULTS[field.name]
+            help_text = (f"{_HELP[field.name]} (default: {DEMO_DEFAULTS[field.name]} on the built-in photographs, "
+                         f"{'the preset' + chr(39) + 's' if paper is None else paper} with --data)")
+        else:
+            help_text = f"{_HELP[field.name]} (default: {field.default})"
         if field.name == "model_overrides":
             parser.add_argument("--model-override", dest="model_overrides", action="append", type=_key_value,
                                 metavar="KEY=VALUE", help=help_text)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import MAEConfig, list_models
 
-__all__ = ["TrainConfig", "RESUMABLE_FIELDS"]
+__all__ = ["DEMO_DEFAULTS", "PAPER_DEFAULTS", "RESUMABLE_FIELDS", "TrainConfig"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -24,28 +24,40 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
+# Fields left at None take their value from the data source: a CPU-sized demo on the built-in photographs, the
+# paper's recipe (Sec. 4 / A.1; ImageNet, 224 px, the preset's patch) on --data. The demo raises blr because it makes
+# 240 steps at batch 32 rather than 800 epochs at batch 4096: lr = 1.6e-2 * 32 / 256 = 2e-3.
+DEMO_DEFAULTS: dict[str, Any] = {"img_size": 64, "patch_size": 8, "repeat": 32, "batch_size": 32, "epochs": 20,
+                                 "warmup_epochs": 1.0, "blr": 1.6e-2, "keep_every": 10}
+PAPER_DEFAULTS: dict[str, Any] = {"img_size": 224, "patch_size": None, "repeat": 1, "batch_size": 64, "epochs": 800,
+                                  "warmup_epochs": 40.0, "blr": 1.5e-4, "keep_every": 20}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Pretraining run. Defaults: a ViT-Tiny MAE on 64 px crops of scikit-image's photographs, a few CPU minutes."""
+    """Pretraining run. With no argument: a ViT-Tiny MAE on 64 px crops of scikit-image's photographs, CPU minutes.
+
+    ``None`` fields are filled from ``DEMO_DEFAULTS`` (built-in photographs) or ``PAPER_DEFAULTS`` (``data`` set) when
+    the config is built, so a config always holds concrete values.
+    """
 
     # model
     model: str = "mae_vit_tiny_patch16"  # preset name (see mae.list_models())
-    img_size: int = 64  # crop size; small so the default run fits a laptop CPU
-    patch_size: int | None = 8  # None keeps the preset's; 8 gives an 8x8 grid at 64 px
+    img_size: int | None = None  # square crop size (demo 64, paper 224)
+    patch_size: int | None = None  # demo 8 (an 8x8 grid at 64 px); with --data the preset's
     mask_ratio: float = 0.75  # Sec. 4: 75% works best
     norm_pix_loss: bool = False  # Sec. 3: per-patch normalised targets give better features (paper: on)
     model_overrides: dict[str, Any] | None = None  # other MAEConfig fields, e.g. {"depth": 6} for an ablation
     # data
     data: str | None = None  # folder of images (flat or class subfolders); None: scikit-image's photographs
-    repeat: int | None = None  # images per epoch = repeat * dataset size; None: 1 for --data, 32 for the photos
+    repeat: int | None = None  # images per epoch = repeat * dataset size (demo 32, --data 1)
     num_workers: int = 2  # data-loader processes per training process
-    # optimisation (the paper's recipe, Sec. 4 / A.1; the default run raises blr because it makes 240 steps at
-    # batch 32 rather than 800 epochs at batch 4096: lr = 1.6e-2 * 32 / 256 = 2e-3)
-    batch_size: int = 32  # per process, per micro-step
+    # optimisation
+    batch_size: int | None = None  # per process, per micro-step (demo 32, paper 64 on each of 8 GPUs x accum 8)
     accum_iter: int = 1  # micro-steps per optimizer step (effective batch = batch * accum * world size)
-    epochs: int = 20
-    warmup_epochs: float = 1.0  # paper: 40 of 800
-    blr: float = 1.6e-2  # base lr, scaled by effective_batch / 256 (paper: 1.5e-4)
+    epochs: int | None = None  # demo 20, paper 800
+    warmup_epochs: float | None = None  # demo 1, paper 40
+    blr: float | None = None  # base lr, scaled by effective_batch / 256 (demo 1.6e-2, paper 1.5e-4)
     lr: float | None = None  # absolute lr; overrides blr when set
     min_lr: float = 0.0  # floor of the cosine
     weight_decay: float = 0.05
@@ -61,10 +73,10 @@ class TrainConfig:
     output_dir: str = "runs"
     name: str | None = None  # run folder under output_dir; None: "default" for the photos, else <data>-<model>
     save_every: int = 1  # epochs between updates of checkpoints/last (always updated at the end)
-    keep_every: int = 10  # epochs between kept copies checkpoints/epoch_XXXX (0: none)
+    keep_every: int | None = None  # epochs between kept copies checkpoints/epoch_XXXX (0: none; demo 10, paper 20)
     stop_after_epoch: int | None = None  # leave cleanly after this epoch, e.g. before a job's time limit
     log_every: int = 1  # optimizer steps between metric records
-    progress: bool = True  # tqdm bar per epoch
+    progress: bool = True  # tqdm bar per epoch (on a terminal)
     figures: bool = True  # write loss.png and reconstructions.png when the run ends
     tensorboard: bool = False  # also log to runs/<name>/tensorboard (needs the tensorboard extra)
     overwrite: bool = False  # replace a previous run in the same folder (it is deleted)
@@ -72,9 +84,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in list_models():
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(list_models())}")
-        for name in ("img_size", "batch_size", "accum_iter", "epochs", "save_every", "log_every"):
+        if self.data is not None and not str(self.data).strip():
+            raise ValueError("data must be a folder path or None (the built-in photographs), got an empty string")
+        defaults = PAPER_DEFAULTS if self.data is not None else DEMO_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                if name == "patch_size" and value is None:
+                    value = MAEConfig.from_name(self.model).patch_size[0]
+                object.__setattr__(self, name, value)
+        for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",
+                     "log_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("patch_size", "repeat", "stop_after_epoch", "threads"):
+        for name in ("stop_after_epoch", "threads"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         for name in ("num_workers", "keep_every", "seed"):
@@ -90,7 +111,7 @@ class TrainConfig:
             if self.model_overrides.get("in_chans", 3) != 3:
                 raise ValueError(f"model_overrides in_chans must be 3 (images are loaded as RGB), "
                                  f"got {self.model_overrides['in_chans']!r}")
-        patch = self.patch_size or MAEConfig.from_name(self.model).patch_size[0]
+        patch = self.patch_size
         if self.img_size % patch:
             raise ValueError(
                 f"img_size {self.img_size} is not divisible by patch_size {patch}; pick an img_size that is a "
@@ -105,26 +126,21 @@ class TrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}); pass --warmup-epochs "
+                "(the paper warms up for 40 of 800 epochs)"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.data is not None and not str(self.data).strip():
-            raise ValueError("data must be a folder path or None (the built-in photographs), got an empty string")
 
     @property
     def model_config(self) -> MAEConfig:
         """The model this run trains."""
-        overrides: dict[str, Any] = {"img_size": self.img_size, "mask_ratio": self.mask_ratio,
-                                     "norm_pix_loss": self.norm_pix_loss}
-        if self.patch_size is not None:
-            overrides["patch_size"] = self.patch_size
+        overrides = {"img_size": self.img_size, "patch_size": self.patch_size, "mask_ratio": self.mask_ratio,
+                     "norm_pix_loss": self.norm_pix_loss}
         return MAEConfig.from_name(self.model, **(self.model_overrides or {}), **overrides)
-
-    @property
-    def resolved_repeat(self) -> int:
-        return self.repeat if self.repeat is not None else (1 if self.data else 32)
 
     @property
     def run_name(self) -> str:

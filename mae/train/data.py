@@ -230,6 +230,6 @@ def build_data(config, num_patches: int) -> RunData:
         description = {"source": str(config.data), "num_files": len(paths), "num_skipped": len(skipped),
                        "skipped_examples": [str(p) for p in skipped[:10]]}
     dataset = PretrainSamples(images, train_transform(config.img_size), num_patches=num_patches, seed=config.seed,
-                              repeat=config.resolved_repeat)
-    description.update(num_images=len(images), repeat=config.resolved_repeat, samples_per_epoch=len(dataset))
+                              repeat=config.repeat)
+    description.update(num_images=len(images), repeat=config.repeat, samples_per_epoch=len(dataset))
     return RunData(dataset, figure, caption, description)
