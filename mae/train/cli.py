@@ -58,6 +58,7 @@ _HELP = {
 
 
 def _type_of(field: dataclasses.Field):
+    """The argparse type of a field (the annotation is a string under ``from __future__ import annotations``)."""
     default = field.default
     if field.name in ("img_size", "patch_size", "repeat", "batch_size", "epochs", "keep_every", "stop_after_epoch",
                       "threads"):
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         if field.name in DEMO_DEFAULTS:
             paper = PAPER_DEFAULTS[field.name]
+            paper_text = "the preset's" if paper is None else paper
             help_text = (f"{_HELP[field.name]} (default: {DEMO_DEFAULTS[field.name]} on the built-in photographs, "
-                         f"{'the preset' + chr(39) + 's' if paper is None else paper} with --data)")
+                         f"{paper_text} with --data)")
         else:
             help_text = f"{_HELP[field.name]} (default: {field.default})"
         if field.name == "model_overrides":
