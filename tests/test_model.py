@@ -447,6 +447,8 @@ def test_meta_device_builds_without_memory_and_runs_shape_inference():
     latent, mask, ids_restore = model.encoder(imgs)
     assert latent.shape == (2, 1 + 49, 768) and latent.device.type == "meta"
     assert model.decoder(latent, ids_restore).shape == (2, 196, 768)
+    loss, pred, mask = model(imgs)  # the whole forward works for shape inference / FLOP counting
+    assert loss.shape == () and pred.shape == (2, 196, 768) and mask.shape == (2, 196)
 
 
 @pytest.mark.cuda
