@@ -37,7 +37,12 @@ def kernel_spec_manager(tmp_path_factory) -> KernelSpecManager:
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": f"mae tests ({sys.executable})",
         "language": "python",
-        "env": {"PYTHONPATH": pythonpath, "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+        # One intra-op thread, as in conftest.py: tiny CPU work stalls on thread barriers on a shared machine.
+        "env": {
+            "PYTHONPATH": pythonpath,
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        },
     }
     (kernel_dir / "kernel.json").write_text(json.dumps(spec))
     return KernelSpecManager(kernel_dirs=[str(kernel_dir.parent)], ensure_native_kernel=False)
