@@ -226,6 +226,21 @@ def test_load_state_dict_round_trip_gives_identical_outputs(model):
     assert torch.equal(a.loss, b.loss) and torch.equal(a.pred, b.pred)
 
 
+def test_every_trainable_parameter_gets_a_gradient(model):
+    model(images_for(model), noise=noise_for(model)).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} is not used by the loss"
+
+
+def test_train_and_eval_modes_agree(model):
+    # Pretraining has no dropout or drop path (DESIGN.md section 4): the mode must not change the outputs.
+    imgs, noise = images_for(model), noise_for(model)
+    a = model.train()(imgs, noise=noise)
+    b = model.eval()(imgs, noise=noise)
+    assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
+
+
 # ---------------------------------------------------------------------------------------------------- reproducibility
 
 
@@ -452,7 +467,10 @@ def test_meta_device_builds_without_memory_and_runs_shape_inference():
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu(monkeypatch):
+    # TF32 (on by default for cuDNN convolutions) rounds to 10 mantissa bits: compare true float32 arithmetic.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cpu_model = tiny_model(norm_pix_loss=True)
     gpu_model = tiny_model(norm_pix_loss=True, device="cuda")
     gpu_model.load_state_dict(cpu_model.state_dict())
@@ -514,7 +532,7 @@ def test_torch_compile_matches_eager():
     model.zero_grad()
 
     start = time.perf_counter()
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: the forward has no graph break
     out = compiled(imgs, noise=noise)
     out.loss.backward()
     elapsed = time.perf_counter() - start
