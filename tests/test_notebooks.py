@@ -2,7 +2,8 @@
 
 The kernel is the interpreter running pytest (``sys.executable``), declared in a kernelspec written to a temporary
 folder, so a ``python3`` kernel registered elsewhere on the machine (another venv, a user-wide Jupyter) can never be
-picked up instead. The kernel starts in examples/ and can import ``mae`` from this checkout.
+picked up instead. The kernel starts in a scratch directory, so what a notebook writes stays out of the repository,
+and it imports ``mae`` from this checkout.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_examples_exist():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path: Path, kernel_spec_manager: KernelSpecManager):
+def test_notebook_runs(path: Path, kernel_spec_manager: KernelSpecManager, tmp_path: Path):
     nb = nbformat.read(path, as_version=4)
     km = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=kernel_spec_manager)
     assert km.kernel_spec.argv[0] == sys.executable
@@ -73,7 +74,7 @@ def test_notebook_runs(path: Path, kernel_spec_manager: KernelSpecManager):
         timeout=NOTEBOOK_TIMEOUT_S,
         startup_timeout=120,
         allow_errors=False,
-        resources={"metadata": {"path": str(EXAMPLES)}},  # the kernel's working directory
+        resources={"metadata": {"path": str(tmp_path)}},  # scratch cwd: notebook files stay out of the repo
         on_cell_start=keep_within_budget,
     )
     try:
