@@ -191,9 +191,12 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
     Returns:
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
-    target = target.float()
+    # At least float32 (bf16/fp16 predictions under autocast are upcast), but never below the inputs' precision:
+    # a float64 model keeps a float64 loss.
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    target = target.to(dtype)
     if norm_pix_loss:
         target = normalize_patches(target)
-    per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # (B, L)
-    mask = mask.float()
+    per_patch = (pred.to(dtype) - target).pow(2).mean(dim=-1)  # (B, L)
+    mask = mask.to(dtype)
     return (per_patch * mask).sum() / mask.sum()

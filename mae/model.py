@@ -273,8 +273,9 @@ class MaskedAutoEncoder(nn.Module):
             raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
         if mask.shape != target.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
-        # A data-dependent check needs the value on the host: skip it inside torch.compile graphs.
-        if not torch.compiler.is_compiling() and not bool((mask != 0).any()):
+        # A data-dependent check needs the value on the host: skip it inside torch.compile graphs and on the meta
+        # device (shape inference), where there is no value to read.
+        if not torch.compiler.is_compiling() and mask.device.type != "meta" and not bool((mask != 0).any()):
             raise ValueError(
                 "mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
                 "use mask_ratio > 0"

@@ -291,24 +291,6 @@ def test_foreign_config_json_is_refused(tmp_path):
         read_checkpoint(tmp_path)
 
 
-# ---------------------------------------------------------------------------------------------- notebook
-
-
-@pytest.mark.slow
-def test_checkpoints_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "examples" / "03_checkpoints.ipynb", as_version=4)
-    # The kernel is a subprocess: it must import this checkout's mae.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    # A model this small trains fastest on one thread; on a busy 2-core machine two threads are ~10x slower.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": tmp_path}})
-    client.execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "max |timm - ours|" in outputs
-
-
 def test_checkpoints_import_does_not_pull_in_transformers():
     """mae.checkpoints must not import transformers (a test-only dependency)."""
     code = "import sys, mae.checkpoints, mae.interop.hf; print('transformers' in sys.modules)"
