@@ -40,16 +40,6 @@ def write_images(folder, n, size=(40, 48), seed=0):
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one core; many threads on a busy machine mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # ---------------------------------------------------------------------------------------------- schedule
 
 
