@@ -117,6 +117,18 @@ def test_mixed_precision_runs(tmp_path, precision):
     assert bool(scaler) == (precision == "fp16")  # the grad scaler is used (and saved) for fp16 only
 
 
+@pytest.mark.cuda
+def test_cuda_run_uses_bf16_and_fused_adamw(tmp_path):
+    data = write_images(tmp_path / "data", 8)
+    result = pretrain(tiny_config(tmp_path, data, device="cuda", epochs=1))
+    resolved = json.loads((result.run_dir / "train_config.json").read_text())["resolved"]
+    assert resolved["device"].startswith("cuda")
+    assert resolved["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    state = torch.load(result.run_dir / "checkpoints/last/train_state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["fused"] is True
+    assert all(v.device.type == "cpu" for v in weights(result.run_dir).values())  # saved as CPU tensors
+
+
 # ---------------------------------------------------------------------------------------------- resume
 
 
