@@ -221,17 +221,18 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
     per_patch = per_patch_mse(pred, target, norm_pix_loss)  # (B, L)
-    mask = mask.float()
+    mask = mask.to(per_patch.dtype)
     return (per_patch * mask).sum() / mask.sum()
 
 
 def per_patch_mse(pred: Tensor, target: Tensor, norm_pix_loss: bool = False) -> Tensor:
-    """Squared error averaged over each patch's pixels: (B, N, P) x 2 -> (B, N), always in float32.
+    """Squared error averaged over each patch's pixels: (B, N, P) x 2 -> (B, N), in at least float32.
 
-    Computed in float32 whatever the input dtype (bf16 autocast gives bf16 predictions): the squared errors of a
-    well-trained model are small, and summing them in bf16 would lose most of their bits.
+    bf16/fp16 predictions (autocast) are upcast: the squared errors of a well-trained model are small, and summing
+    them in bf16 would lose most of their bits. A float64 model keeps a float64 loss.
     """
-    target = target.float()
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    target = target.to(dtype)
     if norm_pix_loss:
         target = normalize_patches(target)
-    return (pred.float() - target).pow(2).mean(dim=-1)  # (B, N)
+    return (pred.to(dtype) - target).pow(2).mean(dim=-1)  # (B, N)

@@ -35,7 +35,8 @@ class MAEOutput(NamedTuple):
     """Unpacks like the release code's ``loss, pred, mask = model(imgs)``."""
 
     loss: Tensor  # scalar
-    pred: Tensor  # (B, L, P) predicted pixels for every patch (normalised per patch when norm_pix_loss)
+    pred: Tensor | None  # (B, L, P) predicted pixels for every patch (normalised per patch when norm_pix_loss);
+    # None only from forward(..., loss_only=True)
     mask: Tensor  # (B, L) 1 = removed
 
 
@@ -299,9 +300,10 @@ class MaskedAutoEncoder(nn.Module):
             raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
         if mask.shape != target.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
-        # A data-dependent check needs the value on the host (a GPU sync): only here, for masks from outside.
-        # forward() and training_loss() build their masks themselves and never pay for it.
-        if not torch.compiler.is_compiling() and not bool((mask != 0).any()):
+        # A data-dependent check needs the value on the host (a GPU sync). The training fast path (training_loss,
+        # forward(loss_only=True)) builds its own mask and never comes here. Skipped inside torch.compile graphs and
+        # on the meta device (shape inference), where there is no value to read.
+        if not torch.compiler.is_compiling() and mask.device.type != "meta" and not bool((mask != 0).any()):
             raise ValueError(
                 "mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
                 "use mask_ratio > 0"
@@ -317,18 +319,25 @@ class MaskedAutoEncoder(nn.Module):
         *,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        loss_only: bool = False,
     ) -> MAEOutput:
         """Encode the visible patches, reconstruct all, and score the removed ones.
+
+        Args:
+            loss_only: opt-in training fast path: compute only what the loss needs (see ``training_loss``) and
+                return ``pred=None``. Same loss, mask and gradients. Use it where the model must be called
+                through ``forward`` (e.g. wrapped in DistributedDataParallel): ``model(imgs, loss_only=True).loss``.
 
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
+        if loss_only:
+            loss, mask = self._loss_on_removed(imgs, mask_ratio, noise, generator)
+            return MAEOutput(loss, None, mask)
         ratio = self._training_mask_ratio(mask_ratio)
         latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
         pred = self.decoder(latent, ids_restore)
-        # The mask removes at least one patch by construction (checked above), so no host-side mask check here.
-        loss = MF.masked_mse_loss(pred, self.patchify(imgs), mask, self.config.norm_pix_loss)
-        return MAEOutput(loss, pred, mask)
+        return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
 
     def training_loss(
         self,
@@ -344,14 +353,21 @@ class MaskedAutoEncoder(nn.Module):
         rounding) as ``forward``. It saves work that forward must do to return ``pred`` for every patch: the last
         decoder block's queries, MLP, ``decoder_norm`` and ``decoder_pred`` run on the removed patches only (Sec. 3:
         the loss is computed on removed patches only), and no (B, L, P) prediction is materialised. Use it in
-        training loops: ``loss = model.training_loss(imgs); loss.backward()``.
+        training loops: ``loss = model.training_loss(imgs); loss.backward()``; through a wrapper that only calls
+        ``forward`` (DistributedDataParallel), use ``model(imgs, loss_only=True).loss``, the same computation.
 
         Returns:
             Scalar loss: per-patch MSE averaged over the removed patches.
         """
+        return self._loss_on_removed(imgs, mask_ratio, noise, generator)[0]
+
+    def _loss_on_removed(
+        self, imgs: Tensor, mask_ratio: float | None, noise: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """The loss, decoding the last block and the prediction head on removed patches only; plus the mask."""
         ratio = self._training_mask_ratio(mask_ratio)
         self._check_images(imgs)
-        latent, _, ids_restore, ids_shuffle = self._mask_and_encode(imgs, ratio, noise, generator)
+        latent, mask, ids_restore, ids_shuffle = self._mask_and_encode(imgs, ratio, noise, generator)
         B, L = ids_shuffle.shape
         removed = ids_shuffle[:, MF.num_kept(L, ratio) :]  # (B, M) the removed patches, M = L - K
         x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
@@ -361,7 +377,8 @@ class MaskedAutoEncoder(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(x))  # (B, M, P)
         pixels = self.patchify(imgs)  # (B, L, P)
         target = torch.gather(pixels, 1, removed.unsqueeze(-1).expand(B, removed.shape[1], pixels.shape[-1]))
-        return MF.per_patch_mse(pred, target, self.config.norm_pix_loss).mean()  # every row is a removed patch
+        loss = MF.per_patch_mse(pred, target, self.config.norm_pix_loss).mean()  # every row is a removed patch
+        return loss, mask
 
     def _training_mask_ratio(self, mask_ratio: float | None) -> float:
         ratio = self._resolve_mask_ratio(mask_ratio)
@@ -377,3 +394,27 @@ class MaskedAutoEncoder(nn.Module):
             f"img_size={cfg.img_size}, patch_size={cfg.patch_size}, in_chans={cfg.in_chans}, "
             f"mask_ratio={cfg.mask_ratio}, norm_pix_loss={cfg.norm_pix_loss}"
         )
+
+    # ------------------------------------------------------------------ checkpoints (mae/checkpoints.py)
+
+    @classmethod
+    def from_pretrained(
+        cls, source: Any, *, device: Any = None, dtype: Any = None, strict: bool = False, **overrides: Any
+    ) -> MaskedAutoEncoder:
+        """Build the model a checkpoint describes and load its weights (see ``mae.checkpoints``).
+
+        Reads official release files, directories from ``save_pretrained`` or the trainer, Hugging Face ViTMAE
+        directories, and state dicts; pickled files only through ``torch.load(weights_only=True)``. The config comes
+        from the checkpoint (its config file, else its tensor shapes); ``overrides`` win. A partial load (e.g. an
+        encoder-only file leaves the decoder untrained) warns with the load report; ``mae.checkpoints.load_pretrained``
+        returns the report.
+        """
+        from .checkpoints import from_pretrained
+
+        return from_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
+
+    def save_pretrained(self, directory: Any) -> Any:
+        """Write ``config.json`` + ``model.safetensors`` to ``directory``; ``from_pretrained`` reloads it exactly."""
+        from .checkpoints import save_pretrained
+
+        return save_pretrained(self, directory)

@@ -119,6 +119,22 @@ def test_training_loss_equals_forward_loss_with_gradients(overrides, mask_ratio)
     assert_grads_close(fast, grads(model))
 
 
+def test_forward_loss_only_is_the_fast_path_through_forward():
+    model = tiny_model(norm_pix_loss=True)
+    imgs, noise = torch.randn(3, 3, 32, 32), torch.rand(3, 16)
+
+    out = model(imgs, noise=noise, loss_only=True)  # what a DDP-wrapped training loop calls
+    out.loss.backward()
+    fast = grads(model)
+    ref = model(imgs, noise=noise)
+    ref.loss.backward()
+
+    assert out.pred is None
+    assert torch.equal(out.mask, ref.mask)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    assert_grads_close(fast, grads(model))
+
+
 def test_training_loss_same_masking_from_generator():
     model = tiny_model()
     imgs = torch.randn(2, 3, 32, 32)

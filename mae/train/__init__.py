@@ -1,0 +1,29 @@
+"""MAE pretraining: the paper's recipe as a Python API (``pretrain``) and a command (``mae-pretrain``).
+
+    >>> from mae.train import TrainConfig, pretrain
+    >>> result = pretrain(TrainConfig(epochs=2, name="demo"))   # scikit-image photographs, CPU friendly
+    >>> result.run_dir                                           # runs/demo: config, metrics, checkpoints, figures
+
+This package needs the ``train`` extra: ``pip install 'mae-pytorch[train]'``.
+"""
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import RESUMABLE_FIELDS, TrainConfig
+from .engine import NonFiniteLossError, TrainResult, pretrain
+from .optim import build_optimizer, param_groups
+from .schedule import lr_at_step, scaled_lr
+
+__all__ = [
+    "Checkpoint",
+    "NonFiniteLossError",
+    "RESUMABLE_FIELDS",
+    "TrainConfig",
+    "TrainResult",
+    "build_optimizer",
+    "load_checkpoint",
+    "lr_at_step",
+    "param_groups",
+    "pretrain",
+    "save_checkpoint",
+    "scaled_lr",
+]

@@ -1,0 +1,255 @@
+"""Unit tests of the pretraining pieces: schedule, optimizer groups, config checks, data, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mae import create_model
+from mae.train import TrainConfig, lr_at_step, param_groups, scaled_lr
+from mae.train.checkpoint import (
+    MODEL_FILE,
+    STATE_FILE,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from mae.train.data import ImageFiles, PretrainSamples, UnreadableImageError, scan_image_folder, train_transform
+from mae.train.optim import build_optimizer
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
+            decoder_num_heads=4)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return create_model("mae_vit_tiny_patch16", **TINY)
+
+
+def write_images(folder, n, size=(40, 48), seed=0):
+    """n small random RGB PNGs in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+
+def test_lr_schedule_values():
+    kw = dict(base_lr=1.0, total_steps=10, warmup_steps=4, min_lr=0.1)
+    # warm-up: (step + 1) / warmup, reaching the peak on the last warm-up step
+    assert [lr_at_step(s, **kw) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # cosine: peak at step 4, halfway (step 7) = mean of peak and floor, floor at the end and beyond
+    assert lr_at_step(4, **kw) == pytest.approx(1.0)
+    assert lr_at_step(7, **kw) == pytest.approx(0.55)
+    assert lr_at_step(5, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 6)))
+    assert lr_at_step(10, **kw) == pytest.approx(0.1)
+    assert lr_at_step(12, **kw) == pytest.approx(0.1)
+    # no warm-up: cosine from the first step
+    assert lr_at_step(0, base_lr=2.0, total_steps=4, warmup_steps=0) == pytest.approx(2.0)
+    assert lr_at_step(2, base_lr=2.0, total_steps=4, warmup_steps=0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_at_step(0, base_lr=1.0, total_steps=3, warmup_steps=5)
+    with pytest.raises(ValueError, match="step"):
+        lr_at_step(-1, base_lr=1.0, total_steps=3, warmup_steps=0)
+
+
+def test_scaled_lr_is_the_linear_rule():
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)  # the paper's ViT-L setting
+    assert scaled_lr(1e-3, 128) == pytest.approx(5e-4)
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+
+
+def test_param_groups_follow_the_paper():
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    not_decayed = {names[id(p)] for p in no_decay["params"]}
+    # frozen sin-cos tables never enter the optimizer
+    assert "pos_embed" not in decayed | not_decayed and "decoder_pos_embed" not in decayed | not_decayed
+    assert {"cls_token", "mask_token", "blocks.0.attn.qkv.weight", "patch_embed.proj.weight"} <= decayed
+    assert {"blocks.0.norm1.weight", "norm.bias", "decoder_pred.bias", "patch_embed.proj.bias"} <= not_decayed
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decayed | not_decayed == trainable and not decayed & not_decayed
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_defaults_follow_the_data_source():
+    demo = TrainConfig()  # the built-in photographs: a CPU-sized run
+    assert (demo.img_size, demo.patch_size, demo.batch_size, demo.epochs, demo.warmup_epochs, demo.blr) == (
+        64, 8, 32, 20, 1.0, 1.6e-2)
+    assert demo.model_config.grid_size == (8, 8)
+    paper = TrainConfig(data="/imagenet/train", model="mae_vit_huge_patch14")  # the paper's recipe (Sec. 4)
+    assert (paper.img_size, paper.patch_size, paper.epochs, paper.warmup_epochs, paper.blr, paper.repeat) == (
+        224, 14, 800, 40.0, 1.5e-4, 1)
+    assert (paper.weight_decay, paper.mask_ratio) == (0.05, 0.75)
+    # concrete values are stored, so a saved config rebuilds to itself
+    assert TrainConfig.from_dict(paper.to_dict()) == paper
+    assert TrainConfig(data="d", epochs=3, warmup_epochs=1).epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(model="mae_vit_gigantic"), "valid presets: .*mae_vit_base_patch16"),
+        (dict(img_size=60, patch_size=8), "img_size 60 is not divisible by patch_size 8"),
+        (dict(batch_size=0), "batch_size must be a positive int, got 0"),
+        (dict(precision="fp8"), "precision must be one of"),
+        (dict(device="tpu"), "device must be"),
+        (dict(model_overrides={"depth": 0}), "depth must be a positive int"),
+        (dict(model_overrides={"img_size": 32}), "own settings"),
+        (dict(warmup_epochs=9, epochs=2), "warmup_epochs"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TrainConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_scan_finds_tree_and_flat_folders(tmp_path):
+    write_images(tmp_path / "tree" / "cats", 2)
+    write_images(tmp_path / "tree" / "dogs", 3)
+    write_images(tmp_path / "flat", 4)
+    tree, skipped = scan_image_folder(tmp_path / "tree")
+    assert len(tree) == 5 and not skipped and tree == sorted(tree)
+    flat, _ = scan_image_folder(tmp_path / "flat")
+    assert len(flat) == 4
+
+
+def test_scan_skips_corrupt_files_with_a_count(tmp_path):
+    write_images(tmp_path, 3)
+    (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image file\(s\) out of 5"):
+        readable, skipped = scan_image_folder(tmp_path)
+    assert len(readable) == 3 and sorted(p.name for p in skipped) == ["broken.jpg", "empty.png"]
+
+
+def test_scan_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image file"):
+        scan_image_folder(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="none of its 1 image files could be read"):
+        warnings.simplefilter("ignore")
+        scan_image_folder(tmp_path / "bad")
+
+
+def test_samples_are_a_function_of_seed_epoch_index():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
+    ds = PretrainSamples([photo, photo], train_transform(16), num_patches=4, seed=3, repeat=2)
+    assert len(ds) == 4
+    img, noise = ds[1]
+    assert img.shape == (3, 16, 16) and noise.shape == (4,)
+    torch.manual_seed(123)  # the global generator must neither matter nor be disturbed
+    before = torch.get_rng_state()
+    again = ds[1]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(img, again[0]) and torch.equal(noise, again[1])
+    assert not torch.equal(ds[3][1], noise)  # another index: another crop and mask
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][1], noise)  # another epoch: another draw
+
+
+def test_samples_do_not_depend_on_the_number_of_workers():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
+    ds = PretrainSamples([photo] * 4, train_transform(16), num_patches=4, seed=0, repeat=2)
+    ds.set_epoch(3)
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
+        batches[workers] = [torch.cat([img.flatten(1), noise], 1) for img, noise in loader]
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_file_that_cannot_be_decoded_stops_with_its_name(tmp_path):
+    write_images(tmp_path, 1)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "cut.jpg")
+    full = (tmp_path / "cut.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])  # header intact, pixel data cut
+    readable, skipped = scan_image_folder(tmp_path)
+    assert len(readable) == 2 and not skipped  # the scan only reads headers
+    with pytest.raises(UnreadableImageError, match=r"cut\.jpg.*cannot be decoded"):
+        ImageFiles(readable)[0]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    model = tiny_model()
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    model(torch.randn(2, 3, 32, 32)).loss.backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "epoch": 3, "global_step": 7, "rng": capture_rng_state(),
+             "run_config": TrainConfig().to_dict()}
+    path = save_checkpoint(tmp_path / "checkpoints" / "last", model, state)
+    config = json.loads((path / "config.json").read_text())
+    assert config["format"] == "mae-pytorch" and config["embed_dim"] == 64
+    # the contract: plain torch.load(weights_only=True) reads the training state
+    raw = torch.load(path / STATE_FILE, weights_only=True)
+    assert raw["epoch"] == 3 and raw["global_step"] == 7
+    ckpt = load_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
+    assert ckpt.path == path
+    for k, v in model.state_dict().items():
+        assert torch.equal(ckpt.model_state[k], v), k
+    restored = tiny_model()
+    restored.load_state_dict(ckpt.model_state)
+    opt2 = build_optimizer(restored, lr=1e-3, weight_decay=0.05)
+    opt2.load_state_dict(ckpt.train_state["optimizer"])
+
+
+def test_rng_state_round_trip(tmp_path):
+    import random
+
+    torch.save(capture_rng_state(), tmp_path / "rng.pt")
+    a = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002 (the global generator is under test)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    b = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_save_recovers_from_a_crash_between_renames(tmp_path):
+    model = tiny_model()
+    last = save_checkpoint(tmp_path / "last", model, {"epoch": 1})
+    # the state a crash between the two renames leaves: the previous checkpoint moved aside, no "last"
+    last.rename(tmp_path / ".old-last")
+    assert load_checkpoint(tmp_path / "last").train_state["epoch"] == 1
+    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".old-last").exists()
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing")
+    (tmp_path / "notckpt").mkdir()
+    with pytest.raises(ValueError, match="is not a checkpoint"):
+        load_checkpoint(tmp_path / "notckpt")
+    path = save_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
+    (path / MODEL_FILE).write_bytes(b"\x00" * 100)  # damaged weights
+    with pytest.raises(ValueError, match="corrupt or unreadable"):
+        load_checkpoint(path)
