@@ -257,7 +257,7 @@ def train_one_epoch(
         sync = ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext()
         with sync:
             with torch.autocast(plan.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = forward(imgs, noise=noise).loss
+                loss = forward(imgs, noise=noise, loss_only=True).loss  # fast path: same loss and gradients
             scaler.scale(loss / group).backward()
         group_loss += loss.detach().float()
         images += imgs.shape[0] * info.world_size
