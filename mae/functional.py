@@ -214,12 +214,21 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
     Args:
         pred: (B, L, P) predicted pixels.
         target: (B, L, P) true pixels (``patchify(imgs)``).
-        mask: (B, L), 1 = removed. Visible patches get exactly zero weight and zero gradient.
+        mask: (B, L), 1 = removed. Visible patches get exactly zero weight and zero gradient. A mask with no
+            removed patch raises ValueError (the mean would be 0 / 0).
         norm_pix_loss: normalise each target patch first (``normalize_patches``).
 
     Returns:
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
+    # The mean over removed patches is undefined (0 / 0 = NaN) when nothing is removed: say so instead. Reading the
+    # mask on the host costs a GPU sync, so the check is skipped inside torch.compile graphs and on the meta device
+    # (no values); the model's training fast path builds its own mask (>= 1 removed patch) and never comes here.
+    if not torch.compiler.is_compiling() and mask.device.type != "meta" and not bool((mask != 0).any()):
+        raise ValueError(
+            "mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
+            "use mask_ratio > 0"
+        )
     per_patch = per_patch_mse(pred, target, norm_pix_loss)  # (B, L)
     mask = mask.to(per_patch.dtype)
     return (per_patch * mask).sum() / mask.sum()

@@ -294,3 +294,14 @@ def test_loss_ignores_visible_predictions():
     changed = pred.clone()
     changed[mask == 0] += 100.0
     assert masked_mse_loss(changed, target, mask) == masked_mse_loss(pred, target, mask)
+
+
+def test_masked_mse_loss_refuses_a_mask_with_no_removed_patch():
+    pred, target = torch.randn(2, 4, 12), torch.randn(2, 4, 12)
+    with pytest.raises(ValueError, match="no removed patch"):
+        masked_mse_loss(pred, target, torch.zeros(2, 4))
+    # One removed patch is enough, and only that patch counts.
+    mask = torch.zeros(2, 4)
+    mask[1, 2] = 1
+    expected = (pred[1, 2] - target[1, 2]).pow(2).mean()
+    torch.testing.assert_close(masked_mse_loss(pred, target, mask), expected)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -41,8 +40,8 @@ _HELP = {
     "precision": "auto (bf16 on CUDA when supported, else fp32), fp32, bf16, or fp16 with a grad scaler",
     "device": "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)",
     "compile": "torch.compile the model",
-    "threads": "torch CPU threads per process; 1 by default (like torchrun), torch's own setting when "
-               "OMP_NUM_THREADS is set; raise it for CPU training of large models on a machine of your own",
+    "threads": "torch CPU threads per process (default: torch's own setting, i.e. the cores or OMP_NUM_THREADS); "
+               "1 is faster for small models on a machine busy with other jobs",
     "seed": "random seed (crops, flips, masks and initial weights)",
     "output_dir": "folder holding run folders",
     "name": "run folder name (default: 'default' for the photographs, else <data folder>-<model>)",
@@ -115,8 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mae-pretrain`` and ``python -m mae.train``. Returns the process exit code."""
     args = vars(build_parser().parse_args(argv))
     resume = args.pop("resume", None)
-    if "threads" not in args and "OMP_NUM_THREADS" in os.environ:
-        args["threads"] = None  # the user chose a thread count through the environment: keep torch's setting
     if "model_overrides" in args:
         args["model_overrides"] = dict(args["model_overrides"])
     try:

@@ -65,9 +65,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16 (grad scaler)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
-    # torch's CPU threads in each process during the run; None leaves torch's setting. One, like torchrun's default:
-    # for small models and on shared machines extra threads mostly wait for each other (README: measured)
-    threads: int | None = 1
+    # torch's CPU threads in each process during the run; None leaves torch's setting (one per core, or
+    # OMP_NUM_THREADS). On a machine shared with other jobs, 1 avoids threads waiting on each other (README: measured)
+    threads: int | None = None
     seed: int = 0
     # output
     output_dir: str = "runs"
