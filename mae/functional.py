@@ -27,8 +27,10 @@ __all__ = [
     "unpatchify",
     "random_masking",
     "masking_indices",
+    "gather_tokens",
     "restore_sequence",
     "sincos_pos_embed_2d",
+    "patch_mean_std",
     "normalize_patches",
     "masked_mse_loss",
     "per_patch_mse",
@@ -106,7 +108,7 @@ def random_masking(
     )
     K = num_kept(L, mask_ratio)
     ids_keep = ids_shuffle[:, :K]  # (B, K)
-    x_kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(B, K, D))  # (B, K, D)
+    x_kept = gather_tokens(x, ids_keep)  # (B, K, D)
     return MaskingOutput(x_kept, mask, ids_restore)
 
 
@@ -158,6 +160,12 @@ def masking_indices(
     return ids_shuffle, ids_restore, mask
 
 
+def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
+    """Pick tokens per sample: ``out[b, i] = x[b, ids[b, i]]``, (B, N, D) at (B, M) indices -> (B, M, D)."""
+    B, M = ids.shape
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(B, M, x.shape[-1]))  # (B, M, D)
+
+
 def restore_sequence(x_kept: Tensor, mask_token: Tensor, ids_restore: Tensor) -> Tensor:
     """Append mask tokens for the removed patches and undo the shuffle.
 
@@ -172,7 +180,7 @@ def restore_sequence(x_kept: Tensor, mask_token: Tensor, ids_restore: Tensor) ->
     B, K, D = x_kept.shape
     L = ids_restore.shape[1]
     x = torch.cat([x_kept, mask_token.to(x_kept.dtype).expand(B, L - K, D)], dim=1)  # (B, L, D) shuffled order
-    return torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(B, L, D))  # (B, L, D) original order
+    return gather_tokens(x, ids_restore)  # (B, L, D) original order
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_token: bool = True) -> Tensor:
@@ -201,11 +209,21 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_to
     return torch.from_numpy(table).float()
 
 
+def patch_mean_std(target: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Each patch's mean and sqrt(unbiased variance + eps): (B, L, P) -> two (B, L, 1) tensors.
+
+    The statistics of ``norm_pix_loss`` (unbiased variance, as in the release code); ``normalize_patches`` divides by
+    them and ``mae.visualize`` multiplies by them to draw a norm-pix prediction in pixel space.
+    """
+    mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
+    std = (target.var(dim=-1, keepdim=True) + eps) ** 0.5  # (B, L, 1)
+    return mean, std
+
+
 def normalize_patches(target: Tensor, eps: float = 1e-6) -> Tensor:
     """Normalise every patch by its own mean and unbiased variance: (t - mean) / sqrt(var + eps). Shape kept."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)  # unbiased, as in the release code
-    return (target - mean) / (var + eps) ** 0.5
+    mean, std = patch_mean_std(target, eps)
+    return (target - mean) / std
 
 
 def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: bool = False) -> Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import to_pair
+from .functional import gather_tokens
 
 __all__ = ["PatchEmbedding", "Attention", "Mlp", "Block", "LayerNorm", "attention"]
 
@@ -135,7 +136,7 @@ class Attention(nn.Module):
         w_q, w_kv = self.qkv.weight.split([D, 2 * D])  # fused qkv rows are ordered [q; k; v]
         b_q, b_kv = self.qkv.bias.split([D, 2 * D]) if self.qkv.bias is not None else (None, None)
         k, v = F.linear(x, w_kv, b_kv).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, N, d)
-        x_rows = torch.gather(x, 1, rows.unsqueeze(-1).expand(B, M, D))  # (B, M, D)
+        x_rows = gather_tokens(x, rows)  # (B, M, D)
         q = F.linear(x_rows, w_q, b_q).reshape(B, M, h, d).transpose(1, 2)  # (B, h, M, d)
         x = attention(q, k, v).transpose(1, 2).reshape(B, M, D)  # (B, M, D)
         return self.proj(x)
@@ -192,7 +193,6 @@ class Block(nn.Module):
         MLP and the attention queries run on M rows. MAE training uses it for the last decoder block, whose outputs
         only matter at the removed patches.
         """
-        B, N, D = x.shape
-        x_rows = torch.gather(x, 1, rows.unsqueeze(-1).expand(B, rows.shape[1], D))  # (B, M, D)
+        x_rows = gather_tokens(x, rows)  # (B, M, D)
         x = x_rows + self.attn.forward_rows(self.norm1(x), rows)  # (B, M, D)
         return x + self.mlp(self.norm2(x))

@@ -194,9 +194,8 @@ class MaskedAutoEncoder(nn.Module):
         The patch projection is linear per patch, so cutting the pixels first and projecting only the visible
         ones gives the same tokens for a quarter of the embedding work (forward and backward).
         """
-        B, K = ids_keep.shape
         pixels = self.patchify(imgs)  # (B, L, P)
-        kept = torch.gather(pixels, 1, ids_keep.unsqueeze(-1).expand(B, K, pixels.shape[-1]))  # (B, K, P)
+        kept = MF.gather_tokens(pixels, ids_keep)  # (B, K, P)
         return self.patch_embed.embed_patches(kept) + self.pos_embed[0, 1:][ids_keep]  # (B, K, D)
 
     def _mask_and_encode(
@@ -360,7 +359,7 @@ class MaskedAutoEncoder(nn.Module):
         ratio = self._training_mask_ratio(mask_ratio)
         self._check_images(imgs)
         latent, mask, ids_restore, ids_shuffle = self._mask_and_encode(imgs, ratio, noise, generator)
-        B, L = ids_shuffle.shape
+        L = ids_shuffle.shape[1]
         removed = ids_shuffle[:, MF.num_kept(L, ratio) :]  # (B, M) the removed patches, M = L - K
         x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
         for block in self.decoder_blocks[:-1]:
@@ -368,7 +367,7 @@ class MaskedAutoEncoder(nn.Module):
         x = self.decoder_blocks[-1].forward_rows(x, removed + 1)  # (B, M, Dd); +1 skips the cls row
         pred = self.decoder_pred(self.decoder_norm(x))  # (B, M, P)
         pixels = self.patchify(imgs)  # (B, L, P)
-        target = torch.gather(pixels, 1, removed.unsqueeze(-1).expand(B, removed.shape[1], pixels.shape[-1]))
+        target = MF.gather_tokens(pixels, removed)  # (B, M, P)
         loss = MF.per_patch_mse(pred, target, self.config.norm_pix_loss).mean()  # every row is a removed patch
         return loss, mask
 

@@ -33,6 +33,7 @@ try:
 except ImportError as err:  # the core package does not need matplotlib; only this module does
     raise ImportError("mae.visualize needs matplotlib (>= 3.8): pip install matplotlib") from err
 
+from . import functional as MF
 from .model import MaskedAutoEncoder
 
 __all__ = [
@@ -46,11 +47,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# functional.normalize_patches' eps: the loss divides by sqrt(var + 1e-6), so the inverse multiplies by the same
-# (tests/test_visualize.py checks the two stay equal).
-_NORM_PIX_EPS = 1e-6
-
 
 class Reconstruction(NamedTuple):
     """Every field is a float32 (B, C, H, W) CPU tensor in the model's input (normalised) space, except ``mask``."""
@@ -88,9 +84,7 @@ def _denormalize_patches(pred: Tensor, target: Tensor) -> Tensor:
     Returns:
         (B, L, P) predicted patches in pixel space.
     """
-    target = target.float()
-    mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
-    std = (target.var(dim=-1, keepdim=True) + _NORM_PIX_EPS) ** 0.5  # (B, L, 1) unbiased, as in the loss
+    mean, std = MF.patch_mean_std(target.float())  # (B, L, 1) each: the loss's own statistics and eps
     return pred.float() * std + mean
 
 

@@ -244,8 +244,8 @@ _KILL_SCRIPT = textwrap.dedent("""
         time.sleep(120)
 
     if phase == "writing":  # killed after the new weights are written, before anything is swapped
-        real = ck.save_file
-        ck.save_file = lambda *a, **k: (real(*a, **k), hang("WRITING"))
+        real = ck.save_pretrained
+        ck.save_pretrained = lambda *a, **k: (real(*a, **k), hang("WRITING"))
     else:  # killed between the two renames: the old checkpoint moved aside, the new one not yet in place
         real_replace = os.replace
         def replace(src, dst):

@@ -2,8 +2,8 @@
 
 Layout of one checkpoint, a directory (``runs/<name>/checkpoints/last`` or ``.../epoch_0010``):
 
-    config.json         the model's ``MAEConfig.to_dict()`` plus ``"format": "mae-pytorch"``
-    model.safetensors   the state dict under the official key names (contiguous CPU tensors)
+    config.json         } written by ``mae.checkpoints.save_pretrained``, so ``MaskedAutoEncoder.from_pretrained``
+    model.safetensors   } loads a training checkpoint like any saved model
     train_state.pt      optimizer, grad scaler, epoch, global step, RNG states, run config;
                         loadable with ``torch.load(weights_only=True)``
 
@@ -24,8 +24,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from ..checkpoints import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 __all__ = [
     "CONFIG_FILE",
@@ -40,8 +42,8 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "mae-pytorch"
-CONFIG_FILE, MODEL_FILE, STATE_FILE = "config.json", "model.safetensors", "train_state.pt"
+# The model files are the library's own saved-model format; the trainer only adds its state.
+CONFIG_FILE, MODEL_FILE, STATE_FILE = CONFIG_NAME, WEIGHTS_NAME, "train_state.pt"
 
 
 class Checkpoint(NamedTuple):
@@ -122,10 +124,7 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, train_state:
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover(final)
     tmp = _fresh_tmp(final)
-    config = {"format": FORMAT, **model.config.to_dict()}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp / MODEL_FILE, metadata={"format": "pt"})
+    save_pretrained(model, tmp)  # config.json + model.safetensors
     torch.save(train_state, tmp / STATE_FILE)
     for name in (CONFIG_FILE, MODEL_FILE, STATE_FILE):
         _fsync(tmp / name)
