@@ -5,14 +5,16 @@
     >>> loss, pred, mask = model(imgs)          # imgs: (B, 3, 224, 224)
 """
 
-from .config import MAEConfig, create_model, list_models
+from .config import IMAGENET_MEAN, IMAGENET_STD, MAEConfig, list_models
 from .functional import masked_mse_loss, patchify, random_masking, sincos_pos_embed_2d, unpatchify
 from .layers import Attention, Block, Mlp, PatchEmbedding
-from .model import EncoderOutput, MAEOutput, MaskedAutoEncoder
+from .model import EncoderOutput, MAEOutput, MaskedAutoEncoder, create_model
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "Attention",
     "Block",
     "EncoderOutput",

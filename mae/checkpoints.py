@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import PRESETS, MAEConfig, to_pair
+from ._checks import to_pair
+from .config import PRESETS, MAEConfig
 from .functional import sincos_pos_embed_2d
 from .interop.hf import config_from_hf, hf_to_mae_state_dict, is_hf_state_dict
 

@@ -1,4 +1,4 @@
-"""Model configuration: one frozen dataclass, named presets, and ``create_model``.
+"""Model configuration: one frozen dataclass, the named presets, and the ImageNet normalisation constants.
 
 The field names are the official ones (He et al. 2021, and the authors' release), so a preset written here reads the
 same as the paper's model definitions and the argument names of released checkpoints.
@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .model import MaskedAutoEncoder
+from ._checks import check_bool, check_divisible, check_finite, check_mask_ratio, check_positive_int, to_pair
 
-__all__ = ["MAEConfig", "PRESETS", "create_model", "list_models", "to_pair"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "PRESETS", "list_models", "replace_fields"]
 
+# Per-channel normalisation of the paper's inputs (ImageNet statistics, RGB order).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-def to_pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    """Return ``(h, w)`` from an int or a pair, raising a clear error for anything else."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
-    if min(pair) <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return pair
 
 
 @dataclass(frozen=True)
@@ -57,17 +44,10 @@ class MAEConfig:
         # Accept ints for the two size fields; store them as (h, w) pairs so nothing downstream assumes squares.
         object.__setattr__(self, "img_size", to_pair(self.img_size, "img_size"))
         object.__setattr__(self, "patch_size", to_pair(self.patch_size, "patch_size"))
-        (H, W), (ph, pw) = self.img_size, self.patch_size
-        if H % ph or W % pw:
-            raise ValueError(
-                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}: "
-                f"height {H} % {ph} = {H % ph}, width {W} % {pw} = {W % pw}"
-            )
+        check_divisible(self.img_size, self.patch_size)
         for name in ("in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
                      "decoder_num_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
         for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
             if getattr(self, width) % getattr(self, heads):
                 raise ValueError(
@@ -77,9 +57,9 @@ class MAEConfig:
                 raise ValueError(
                     f"{width}={getattr(self, width)} must be divisible by 4 for the 2-D sin-cos position table"
                 )
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
-        check_mask_ratio(self.mask_ratio)
+        object.__setattr__(self, "mlp_ratio", check_finite(self.mlp_ratio, "mlp_ratio", low=1e-6))
+        object.__setattr__(self, "norm_pix_loss", check_bool(self.norm_pix_loss, "norm_pix_loss"))
+        object.__setattr__(self, "mask_ratio", check_mask_ratio(self.mask_ratio))
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -105,11 +85,7 @@ class MAEConfig:
 
     def replace(self, **overrides: Any) -> MAEConfig:
         """A copy with some fields changed (validated again)."""
-        valid = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(overrides) - set(valid))
-        if unknown:
-            raise TypeError(f"unknown MAEConfig field(s) {unknown}; valid fields: {valid}")
-        return dataclasses.replace(self, **overrides)
+        return replace_fields(self, **overrides)
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> MAEConfig:
@@ -120,15 +96,6 @@ class MAEConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown model {name!r}; available: {list_models()}")
         return PRESETS[name].replace(**overrides)
-
-
-def check_mask_ratio(mask_ratio: float) -> float:
-    """Validate a mask ratio: a real number in [0, 1)."""
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
-        raise TypeError(f"mask_ratio must be a float in [0, 1), got {mask_ratio!r}")
-    if not 0.0 <= float(mask_ratio) < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
-    return float(mask_ratio)
 
 
 # Official sizes (paper Table / release code). Decoder 512 wide, 8 blocks, 16 heads.
@@ -146,6 +113,12 @@ PRESETS: dict[str, MAEConfig] = {
         patch_size=16, embed_dim=384, depth=12, num_heads=6,
         decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8,
     ),
+    # The test-size model (like timm's ``test_vit``): 16 patches of 8x8 on 32 px images, 64 wide, 2 + 2 blocks.
+    # Small enough that the whole test suite runs in minutes on two CPU cores; not meant to learn anything.
+    "mae_vit_test": MAEConfig(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+        decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4,
+    ),
 }
 
 
@@ -154,15 +127,10 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
-def create_model(name: str, *, device: Any = None, dtype: Any = None, **overrides: Any) -> MaskedAutoEncoder:
-    """Build a preset, e.g. ``create_model('mae_vit_base_patch16', norm_pix_loss=True, device='cuda')``.
-
-    Args:
-        name: one of ``list_models()``.
-        device: where every parameter and buffer is created ('cpu', 'cuda', 'meta', ...).
-        dtype: floating dtype of the parameters (default: torch's default dtype).
-        **overrides: any ``MAEConfig`` field (img_size, in_chans, mask_ratio, ...).
-    """
-    from .model import MaskedAutoEncoder
-
-    return MaskedAutoEncoder.from_config(MAEConfig.from_name(name, **overrides), device=device, dtype=dtype)
+def replace_fields(config: Any, **overrides: Any) -> Any:
+    """A copy of the frozen dataclass ``config`` with some fields changed, refusing unknown names (validated again)."""
+    valid = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise TypeError(f"unknown {type(config).__name__} field(s) {unknown}; valid fields: {valid}")
+    return dataclasses.replace(config, **overrides)

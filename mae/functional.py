@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .config import check_mask_ratio, to_pair
+from ._checks import check_mask_ratio, to_pair
 
 __all__ = [
     "MaskingOutput",

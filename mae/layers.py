@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import to_pair
+from ._checks import check_divisible, to_pair
 from .functional import gather_tokens
 
 __all__ = ["PatchEmbedding", "Attention", "Mlp", "Block", "LayerNorm", "attention"]
@@ -50,8 +50,7 @@ class PatchEmbedding(nn.Module):
         self.img_size = to_pair(img_size, "img_size")
         self.patch_size = to_pair(patch_size, "patch_size")
         (H, W), (ph, pw) = self.img_size, self.patch_size
-        if H % ph or W % pw:
-            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        check_divisible(self.img_size, self.patch_size)
         self.grid_size = (H // ph, W // pw)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.in_chans = in_chans

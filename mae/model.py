@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as MF
-from .config import MAEConfig, check_mask_ratio
+from ._checks import check_mask_ratio
+from .config import MAEConfig
 from .layers import Block, LayerNorm, PatchEmbedding
 
-__all__ = ["MaskedAutoEncoder", "EncoderOutput", "MAEOutput"]
+__all__ = ["MaskedAutoEncoder", "EncoderOutput", "MAEOutput", "create_model"]
 
 
 class EncoderOutput(NamedTuple):
@@ -409,3 +410,15 @@ class MaskedAutoEncoder(nn.Module):
         from .checkpoints import save_pretrained
 
         return save_pretrained(self, directory)
+
+
+def create_model(name: str, *, device: Any = None, dtype: Any = None, **overrides: Any) -> MaskedAutoEncoder:
+    """Build a preset, e.g. ``create_model('mae_vit_base_patch16', norm_pix_loss=True, device='cuda')``.
+
+    Args:
+        name: one of ``mae.list_models()``.
+        device: where every parameter and buffer is created ('cpu', 'cuda', 'meta', ...).
+        dtype: floating dtype of the parameters (default: torch's default dtype).
+        **overrides: any ``MAEConfig`` field (img_size, in_chans, mask_ratio, ...).
+    """
+    return MaskedAutoEncoder.from_config(MAEConfig.from_name(name, **overrides), device=device, dtype=dtype)

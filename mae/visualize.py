@@ -1,6 +1,7 @@
 """Pictures of what an MAE reconstructs, and of how its loss fell.
 
-    >>> from mae.visualize import reconstruction_figure, IMAGENET_MEAN, IMAGENET_STD
+    >>> from mae import IMAGENET_MEAN, IMAGENET_STD
+    >>> from mae.visualize import reconstruction_figure
     >>> fig = reconstruction_figure(model, imgs, mean=IMAGENET_MEAN, std=IMAGENET_STD, path="runs/x/recon.png")
 
 One row per image, four columns: the original, the masked input the encoder sees, the decoder's reconstruction of
@@ -34,6 +35,7 @@ except ImportError as err:  # the core package does not need matplotlib; only th
     raise ImportError("mae.visualize needs matplotlib (>= 3.8): pip install matplotlib") from err
 
 from . import functional as MF
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from .model import MaskedAutoEncoder
 
 __all__ = [
@@ -45,8 +47,6 @@ __all__ = [
     "loss_curve_figure",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class Reconstruction(NamedTuple):
     """Every field is a float32 (B, C, H, W) CPU tensor in the model's input (normalised) space, except ``mask``."""

@@ -140,7 +140,12 @@ def test_released_shapes_infer_the_official_presets(name, part):
 
 def test_heads_are_required_when_no_preset_matches():
     with pytest.raises(ValueError, match=r"\['num_heads', 'decoder_num_heads'\].*pass them"):
-        infer_config(tiny().state_dict())
+        infer_config(tiny(depth=3).state_dict())  # no preset is 64 wide and 3 deep
+
+
+def test_the_test_preset_is_inferred_from_its_shapes():
+    config, _ = infer_config(create_model("mae_vit_test").state_dict())
+    assert config == MAEConfig.from_name("mae_vit_test")
 
 
 def test_wrapper_prefixes_are_removed():

@@ -75,7 +75,14 @@ def count_by_formula(name: str, img: int = 224, C: int = 3) -> tuple[int, int]:
 
 
 def test_list_models_names_every_preset():
-    assert list_models() == sorted(ARCH)
+    assert list_models() == sorted([*ARCH, "mae_vit_test"])
+
+
+def test_the_test_preset_is_the_suite_size():
+    """The registered test model (timm's ``test_vit`` idea): 32 px, 16 patches of 8x8, 64 wide, 2 + 2 blocks."""
+    cfg = MAEConfig.from_name("mae_vit_test")
+    assert (cfg.img_size, cfg.patch_size, cfg.num_patches) == ((32, 32), (8, 8), 16)
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.decoder_embed_dim, cfg.decoder_depth) == (64, 2, 4, 32, 2)
 
 
 @pytest.mark.parametrize("name", sorted(ARCH))

@@ -22,7 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..config import MAEConfig, to_pair
+from .._checks import to_pair
+from ..config import MAEConfig
 
 __all__ = [
     "config_from_hf",

@@ -20,8 +20,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .._checks import to_pair
 from ..checkpoints import adapt_pos_embed, load_pretrained
-from ..config import to_pair
 from ..model import MaskedAutoEncoder
 
 __all__ = ["to_timm"]

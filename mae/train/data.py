@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from ..visualize import IMAGENET_MEAN, IMAGENET_STD
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
-from ..visualize import IMAGENET_MEAN, IMAGENET_STD, loss_curve_figure, reconstruction_figure
+from ..visualize import loss_curve_figure, reconstruction_figure
 from .metrics import loss_history, read_metrics
 
 __all__ = ["LOSS_FIGURE", "RECONSTRUCTION_FIGURE", "save_figures"]
