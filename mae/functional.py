@@ -26,7 +26,7 @@ __all__ = [
     "patchify",
     "unpatchify",
     "random_masking",
-    "masking_indices",
+    "shuffle_order",
     "gather_tokens",
     "restore_sequence",
     "sincos_pos_embed_2d",
@@ -74,9 +74,26 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
 
 
 class MaskingOutput(NamedTuple):
-    x_kept: Tensor  # (B, K, D) the visible tokens, in shuffled order
+    """Unpacks like the release code's ``x_masked, mask, ids_restore = random_masking(x, mask_ratio)``."""
+
+    x_kept: Tensor  # (B, K, D) the visible rows, in shuffled order
     mask: Tensor  # (B, L) 1 = removed, 0 = kept, original order
-    ids_restore: Tensor  # (B, L) int64; gathering [kept; removed] tokens with it gives the original order
+    ids_restore: Tensor  # (B, L) int64; gathering [kept; removed] entries with it gives the original order
+
+    @property
+    def ids_keep(self) -> Tensor:
+        """(B, K) original positions of ``x_kept``'s rows: ``x_kept[b, i] = x[b, ids_keep[b, i]]``."""
+        return shuffle_order(self.ids_restore)[:, : self.x_kept.shape[1]]
+
+    @property
+    def ids_removed(self) -> Tensor:
+        """(B, L - K) original positions of the removed patches, in shuffled order."""
+        return shuffle_order(self.ids_restore)[:, self.x_kept.shape[1] :]
+
+
+def shuffle_order(ids_restore: Tensor) -> Tensor:
+    """``ids_shuffle`` (B, L) back from ``ids_restore``: the inverse permutation (kept patches first, then removed)."""
+    return torch.argsort(ids_restore, dim=1)
 
 
 def random_masking(
@@ -88,76 +105,60 @@ def random_masking(
 ) -> MaskingOutput:
     """Per-sample random masking by argsort of uniform noise (Sec. 3, "random sampling").
 
-    Each sample draws noise (B, L) in [0, 1); patches with the smallest noise are kept. Given the same noise the
-    result is fully determined, so passing ``noise`` reproduces a masking exactly.
+    Each sample draws noise (B, L) in [0, 1); the patches with the smallest noise are kept. Given the same noise the
+    result is fully determined, so passing ``noise`` reproduces a masking exactly, and any masking strategy that can
+    rank the patches (block, grid, a user's mask: ``mask_to_noise``) runs through this one function.
 
     Args:
-        x: (B, L, D) patch tokens.
+        x: (B, L, D) one row per patch: tokens, or, as the MAE encoder does, pixel patches (B, L, P) so that only
+            the visible ones get embedded.
         mask_ratio: fraction of the L patches to remove, in [0, 1).
         noise: optional (B, L) tensor ranking the patches (small = keep).
         generator: optional ``torch.Generator`` to draw the noise from (ignored when ``noise`` is given).
 
     Returns:
-        ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)).
+        ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)),
+        and the derived ``.ids_keep`` (B, K) / ``.ids_removed`` (B, L - K). The mask has ``x``'s dtype.
     """
-    if x.ndim != 3:
-        raise ValueError(f"x must be (B, L, D) tokens, got shape {tuple(x.shape)}")
-    B, L, D = x.shape
-    ids_shuffle, ids_restore, mask = masking_indices(
-        B, L, mask_ratio, noise=noise, generator=generator, device=x.device, dtype=x.dtype
-    )
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError(f"x must be (B, L, D): a batch of L patch tokens or pixel patches, got {_describe(x)}")
+    mask_ratio = check_mask_ratio(mask_ratio)
+    B, L = x.shape[:2]
     K = num_kept(L, mask_ratio)
-    ids_keep = ids_shuffle[:, :K]  # (B, K)
-    x_kept = gather_tokens(x, ids_keep)  # (B, K, D)
+    noise = _masking_noise(B, L, x.device, noise, generator)  # (B, L)
+    if K == L:
+        # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
+        ids_shuffle = torch.arange(L, device=x.device).expand(B, L)  # (B, L)
+    else:
+        ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: small noise is kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) the inverse permutation
+
+    # The mask in shuffled order is [0] * K + [1] * (L - K); unshuffled, it is 1 exactly at the removed patches.
+    mask = (ids_restore >= K).to(x.dtype if x.is_floating_point() else torch.float32)  # (B, L)
+    x_kept = gather_tokens(x, ids_shuffle[:, :K])  # (B, K, D)
     return MaskingOutput(x_kept, mask, ids_restore)
 
 
-def masking_indices(
-    batch_size: int,
-    num_patches: int,
-    mask_ratio: float,
-    *,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The index work of ``random_masking`` without touching any token: which patches to keep, and the mask.
-
-    Callers that only need the kept patches (the MAE encoder embeds nothing else) gather them with ``ids_shuffle``.
-
-    Returns:
-        ``(ids_shuffle (B, L), ids_restore (B, L), mask (B, L))``: ``ids_shuffle[:, :K]`` are the kept patches in
-        the order ``random_masking`` returns them, ``ids_shuffle[:, K:]`` the removed ones; mask 1 = removed.
-    """
-    mask_ratio = check_mask_ratio(mask_ratio)
-    B, L = batch_size, num_patches
-    K = num_kept(L, mask_ratio)
+def _masking_noise(
+    B: int, L: int, device: torch.device, noise: Tensor | None, generator: torch.Generator | None
+) -> Tensor:
+    """The (B, L) ranking noise: the caller's, checked, or drawn uniform from ``generator``."""
     if noise is None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         gen_device = generator.device if generator is not None else device
-        noise = torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
-    else:
-        if not isinstance(noise, Tensor):
-            raise TypeError(f"noise must be a torch.Tensor of shape ({B}, {L}), got {type(noise).__name__}")
-        if tuple(noise.shape) != (B, L):
-            raise ValueError(f"noise must have shape (B, L) = ({B}, {L}), got {tuple(noise.shape)}")
-        want = torch.device(device) if device is not None else noise.device
-        if noise.device.type != want.type or want.index not in (None, noise.device.index):
-            raise ValueError(f"noise is on {noise.device} but the tokens are on {device}; move it with .to()")
+        return torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
+    if not isinstance(noise, Tensor):
+        raise TypeError(f"noise must be a torch.Tensor of shape ({B}, {L}), got {type(noise).__name__}")
+    if tuple(noise.shape) != (B, L):
+        raise ValueError(f"noise must have shape (B, L) = ({B}, {L}), got {tuple(noise.shape)}")
+    if noise.device != device:
+        raise ValueError(f"noise is on {noise.device} but the patches are on {device}; move it with .to()")
+    return noise
 
-    if K == L:
-        # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
-        ids_shuffle = torch.arange(L, device=noise.device).expand(B, L)  # (B, L)
-        ids_restore = ids_shuffle
-    else:
-        ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: small noise is kept
-        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
 
-    # Build the mask in shuffled order ([0]*K + [1]*(L-K)) and unshuffle it to the original order.
-    mask = torch.ones(B, L, device=noise.device, dtype=dtype)
-    mask[:, :K] = 0
-    mask = torch.gather(mask, 1, ids_restore)  # (B, L)
-    return ids_shuffle, ids_restore, mask
+def _describe(x: object) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:

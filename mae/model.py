@@ -1,11 +1,13 @@
 """The Masked Autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", 2021).
 
-Data flow (see DESIGN.md):
-    imgs (B, C, H, W) -> patch_embed (B, L, D) -> + pos_embed -> random_masking (B, K, D) -> [cls] (B, 1+K, D)
-    -> blocks -> norm = latent (B, 1+K, D)
-    latent -> decoder_embed (B, 1+K, Dd) -> + mask tokens, unshuffle (B, 1+L, Dd) -> + decoder_pos_embed
-    -> decoder_blocks -> decoder_norm -> decoder_pred (B, 1+L, P) -> drop cls = pred (B, L, P)
-    loss = MSE(pred, patchify(imgs) [normalised per patch]) averaged over the removed patches only.
+Data flow (DESIGN.md), one path, top to bottom: ``forward`` = ``encoder`` -> ``decoder`` -> ``loss``.
+    encoder: imgs (B, C, H, W) -> patchify (B, L, P) -> random_masking (B, K, P) -> patch_embed + pos_embed (B, K, D)
+             -> [cls] (B, 1+K, D) -> blocks -> norm = latent (B, 1+K, D)
+             (the embedding is linear per patch, so embedding after masking equals the paper's embed-then-mask)
+    decoder: latent -> decoder_embed (B, 1+K, Dd) -> + mask tokens, unshuffle (B, 1+L, Dd) -> + decoder_pos_embed
+             -> decoder_blocks -> decoder_norm -> decoder_pred (B, 1+L, P) -> drop cls = pred (B, L, P)
+             (training asks for the removed patches only: the last block and the head then run on those rows)
+    loss:    MSE(pred, patchify(imgs) [normalised per patch]) averaged over the removed patches only.
 
 Shape legend: B batch, C channels, H/W image size, L patches, K kept patches, D encoder width, Dd decoder width,
 P = ph * pw * C pixels per patch. ``mask`` is (B, L), 1 = removed (masked), 0 = kept (visible).
@@ -84,8 +86,8 @@ class MaskedAutoEncoder(nn.Module):
             decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
             mask_ratio=mask_ratio,
         )
-        if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
         self.config = cfg
         factory = {"device": device, "dtype": dtype}
         L, D, Dd = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim
@@ -159,6 +161,8 @@ class MaskedAutoEncoder(nn.Module):
                 f"imgs must have 4 dimensions (B, C, H, W), got {imgs.ndim} with shape {tuple(imgs.shape)}"
             )
         B, C, H, W = imgs.shape
+        if B == 0:
+            raise ValueError("imgs holds no image (batch size 0); pass at least one image")
         if C != cfg.in_chans:
             raise ValueError(f"imgs has {C} channels but the model expects in_chans={cfg.in_chans}")
         if (H, W) != cfg.img_size:
@@ -168,9 +172,23 @@ class MaskedAutoEncoder(nn.Module):
             )
         if imgs.device != self.device:
             raise ValueError(f"imgs is on {imgs.device} but the model is on {self.device}; move it with .to()")
+        dtype = self.cls_token.dtype
+        if imgs.dtype != dtype and not torch.is_autocast_enabled(imgs.device.type):
+            raise TypeError(
+                f"imgs has dtype {imgs.dtype} but the model's parameters are {dtype}; convert the images with "
+                f"imgs.to({dtype}) or run under torch.autocast"
+            )
 
-    def _resolve_mask_ratio(self, mask_ratio: float | None) -> float:
-        return self.config.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
+    def _resolve_mask_ratio(self, mask_ratio: float | None, *, training: bool = False) -> float:
+        """The call's mask ratio (the config's by default); refused if it keeps no patch, or, to train, removes none."""
+        ratio = self.config.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
+        L = self.config.num_patches
+        K = MF.num_kept(L, ratio)
+        if K == 0:
+            raise ValueError(f"mask_ratio={ratio} keeps no patch out of {L}: the encoder would see nothing")
+        if training and K == L:
+            raise ValueError(f"mask_ratio={ratio} removes no patch out of {L}: the loss would be undefined")
+        return ratio
 
     # ------------------------------------------------------------------ pixels <-> patches
 
@@ -185,41 +203,6 @@ class MaskedAutoEncoder(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def _embed(self, imgs: Tensor) -> Tensor:
-        """Patch tokens with their positions added BEFORE masking, so every kept token knows where it came from."""
-        return self.patch_embed(imgs) + self.pos_embed[:, 1:]  # (B, L, D)
-
-    def _embed_kept(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
-        """``_embed(imgs)`` gathered at ``ids_keep`` (B, K), computed for the K kept patches only.
-
-        The patch projection is linear per patch, so cutting the pixels first and projecting only the visible
-        ones gives the same tokens for a quarter of the embedding work (forward and backward).
-        """
-        pixels = self.patchify(imgs)  # (B, L, P)
-        kept = MF.gather_tokens(pixels, ids_keep)  # (B, K, P)
-        return self.patch_embed.embed_patches(kept) + self.pos_embed[0, 1:][ids_keep]  # (B, K, D)
-
-    def _mask_and_encode(
-        self, imgs: Tensor, mask_ratio: float, noise: Tensor | None, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Draw the masking, embed and encode the visible patches: the encoder, plus ``ids_shuffle`` (B, L)."""
-        B, L = imgs.shape[0], self.config.num_patches
-        ids_shuffle, ids_restore, mask = MF.masking_indices(
-            B, L, mask_ratio, noise=noise, generator=generator, device=imgs.device
-        )
-        x = self._embed_kept(imgs, ids_shuffle[:, : MF.num_kept(L, mask_ratio)])  # (B, K, D)
-        # The mask takes the token dtype, as random_masking gives it (float32 under autocast, like the tokens).
-        return self._encode(x), mask.to(x.dtype), ids_restore, ids_shuffle  # latent (B, 1+K, D)
-
-    def _encode(self, x: Tensor) -> Tensor:
-        """Prepend the cls token and run the transformer: (B, N, D) -> (B, 1+N, D)."""
-        B = x.shape[0]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1)  # (B, 1+N, D)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
     def encoder(
         self,
         imgs: Tensor,
@@ -229,6 +212,10 @@ class MaskedAutoEncoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> EncoderOutput:
         """Embed, mask, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
+
+        The patch embedding is a linear map of each patch's pixels (a stride-p convolution), so masking the pixel
+        patches first and embedding the K visible ones gives the tokens the paper's order (embed, add positions,
+        mask) gives, for a quarter of the embedding work.
 
         Args:
             imgs: (B, C, H, W) floating-point images, normalised as in training.
@@ -241,25 +228,37 @@ class MaskedAutoEncoder(nn.Module):
         """
         self._check_images(imgs)
         ratio = self._resolve_mask_ratio(mask_ratio)
-        latent, mask, ids_restore, _ = self._mask_and_encode(imgs, ratio, noise, generator)
-        return EncoderOutput(latent, mask, ids_restore)  # latent (B, 1+K, D)
+        visible = MF.random_masking(self.patchify(imgs), ratio, noise=noise, generator=generator)  # (B, K, P)
+        x = self.patch_embed.embed_patches(visible.x_kept)  # (B, K, D)
+        x = x + self.pos_embed[0, 1:][visible.ids_keep]  # (B, K, D) each token's own position
+        B = x.shape[0]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
+        for block in self.blocks:
+            x = block(x)
+        return EncoderOutput(self.norm(x), visible.mask, visible.ids_restore)  # latent (B, 1+K, D)
 
     def forward_features(self, imgs: Tensor) -> Tensor:
-        """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm."""
-        self._check_images(imgs)
-        return self._encode(self._embed(imgs))
+        """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm.
+
+        The encoder at mask ratio 0 (every patch kept, in the original order).
+        """
+        return self.encoder(imgs, mask_ratio=0.0).latent
 
     # ------------------------------------------------------------------ decoder
 
-    def decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Reconstruct every patch from the encoded visible ones.
+    def decoder(self, latent: Tensor, ids_restore: Tensor, *, patches: Tensor | None = None) -> Tensor:
+        """Reconstruct the pixels of every patch (or of the ones asked for) from the encoded visible ones.
 
         Args:
             latent: (B, 1+K, D) from ``encoder``.
             ids_restore: (B, L) from ``encoder``.
+            patches: optional (B, M) patch indices (original order) to predict; the last decoder block and the
+                prediction head then run on those M rows only. Training asks for the removed patches, the only
+                ones the loss reads (``forward(..., loss_only=True)``).
 
         Returns:
-            pred (B, L, P): predicted pixels of every patch, original order.
+            pred (B, L, P) for every patch in the original order, or (B, M, P) for ``patches``.
         """
         cfg = self.config
         if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim:
@@ -270,36 +269,38 @@ class MaskedAutoEncoder(nn.Module):
                 f"ids_restore must be (B, L) = ({B}, {cfg.num_patches}) with at most L kept tokens in latent, "
                 f"got ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}"
             )
-        x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
-        for block in self.decoder_blocks:
-            x = block(x)
-        x = self.decoder_pred(self.decoder_norm(x))  # (B, 1+L, P)
-        return x[:, 1:]  # (B, L, P): drop the cls row
-
-    def _decoder_tokens(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Decoder input: embedded latent + mask tokens, unshuffled to patch order, cls first, positions added."""
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
-        patches = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd)
-        return torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
+        tokens = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd) mask tokens added
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd) cls first
+        rows = None if patches is None else patches + 1  # (B, M) token rows: +1 skips the cls row
+        *blocks, last = self.decoder_blocks
+        for block in blocks:
+            x = block(x)
+        x = last(x, rows)  # (B, 1+L, Dd), or (B, M, Dd) at rows
+        x = self.decoder_pred(self.decoder_norm(x))  # (B, 1+L, P) or (B, M, P)
+        return x[:, 1:] if patches is None else x  # drop the cls row
 
     # ------------------------------------------------------------------ loss
 
-    def loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+    def loss(self, imgs: Tensor, pred: Tensor, mask: Tensor, *, patches: Tensor | None = None) -> Tensor:
         """MSE between predicted and true pixels, over the removed patches only.
 
         Args:
             imgs: (B, C, H, W) the input images.
-            pred: (B, L, P) from ``decoder``.
+            pred: (B, L, P) from ``decoder``, or (B, M, P) when the decoder was asked for ``patches``.
             mask: (B, L), 1 = removed; visible patches contribute nothing (and get zero gradient).
+            patches: (B, M) the patch indices ``pred``'s rows belong to, if not all of them.
 
         Returns:
             Scalar loss. With ``norm_pix_loss`` the target patches are normalised by their own mean and std.
         """
         target = self.patchify(imgs)  # (B, L, P)
-        if pred.shape != target.shape:
-            raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
         if mask.shape != target.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
+        if patches is not None:
+            target, mask = MF.gather_tokens(target, patches), mask.gather(1, patches)  # (B, M, P), (B, M)
+        if pred.shape != target.shape:
+            raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
         return MF.masked_mse_loss(pred, target, mask, self.config.norm_pix_loss)
 
     # ------------------------------------------------------------------ forward
@@ -313,72 +314,23 @@ class MaskedAutoEncoder(nn.Module):
         generator: torch.Generator | None = None,
         loss_only: bool = False,
     ) -> MAEOutput:
-        """Encode the visible patches, reconstruct all, and score the removed ones.
+        """Encode the visible patches, reconstruct the removed ones, and score them: encoder -> decoder -> loss.
 
         Args:
-            loss_only: opt-in training fast path: compute only what the loss needs (see ``training_loss``) and
-                return ``pred=None``. Same loss, mask and gradients. Use it where the model must be called
-                through ``forward`` (e.g. wrapped in DistributedDataParallel): ``model(imgs, loss_only=True).loss``.
+            imgs, mask_ratio, noise, generator: as for ``encoder``.
+            loss_only: compute only what the loss reads: the decoder's last block and head run on the removed
+                patches alone, and ``pred`` comes back as None. Same loss, mask and gradients. The training loop
+                uses it (also through DistributedDataParallel: ``model(imgs, loss_only=True).loss``).
 
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
-        if loss_only:
-            loss, mask = self._loss_on_removed(imgs, mask_ratio, noise, generator)
-            return MAEOutput(loss, None, mask)
-        ratio = self._training_mask_ratio(mask_ratio)
+        ratio = self._resolve_mask_ratio(mask_ratio, training=True)
         latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
-        pred = self.decoder(latent, ids_restore)
-        return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
-
-    def training_loss(
-        self,
-        imgs: Tensor,
-        mask_ratio: float | None = None,
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """``forward(imgs, ...).loss`` computed with only the work the loss needs: the fast training entry point.
-
-        Same arguments, same masking for the same noise or generator, same loss value and gradients (up to float
-        rounding) as ``forward``. It saves work that forward must do to return ``pred`` for every patch: the last
-        decoder block's queries, MLP, ``decoder_norm`` and ``decoder_pred`` run on the removed patches only (Sec. 3:
-        the loss is computed on removed patches only), and no (B, L, P) prediction is materialised. Use it in
-        training loops: ``loss = model.training_loss(imgs); loss.backward()``; through a wrapper that only calls
-        ``forward`` (DistributedDataParallel), use ``model(imgs, loss_only=True).loss``, the same computation.
-
-        Returns:
-            Scalar loss: per-patch MSE averaged over the removed patches.
-        """
-        return self._loss_on_removed(imgs, mask_ratio, noise, generator)[0]
-
-    def _loss_on_removed(
-        self, imgs: Tensor, mask_ratio: float | None, noise: Tensor | None, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """The loss, decoding the last block and the prediction head on removed patches only; plus the mask."""
-        ratio = self._training_mask_ratio(mask_ratio)
-        self._check_images(imgs)
-        latent, mask, ids_restore, ids_shuffle = self._mask_and_encode(imgs, ratio, noise, generator)
-        L = ids_shuffle.shape[1]
-        removed = ids_shuffle[:, MF.num_kept(L, ratio) :]  # (B, M) the removed patches, M = L - K
-        x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
-        for block in self.decoder_blocks[:-1]:
-            x = block(x)
-        x = self.decoder_blocks[-1].forward_rows(x, removed + 1)  # (B, M, Dd); +1 skips the cls row
-        pred = self.decoder_pred(self.decoder_norm(x))  # (B, M, P)
-        pixels = self.patchify(imgs)  # (B, L, P)
-        target = MF.gather_tokens(pixels, removed)  # (B, M, P)
-        loss = MF.per_patch_mse(pred, target, self.config.norm_pix_loss).mean()  # every row is a removed patch
-        return loss, mask
-
-    def _training_mask_ratio(self, mask_ratio: float | None) -> float:
-        ratio = self._resolve_mask_ratio(mask_ratio)
-        if MF.num_kept(self.config.num_patches, ratio) == self.config.num_patches:
-            raise ValueError(
-                f"mask_ratio={ratio} removes no patch out of {self.config.num_patches}: the loss would be undefined"
-            )
-        return ratio
+        removed = MF.shuffle_order(ids_restore)[:, latent.shape[1] - 1 :] if loss_only else None  # (B, L - K)
+        pred = self.decoder(latent, ids_restore, patches=removed)
+        loss = self.loss(imgs, pred, mask, patches=removed)
+        return MAEOutput(loss, None if loss_only else pred, mask)
 
     def extra_repr(self) -> str:
         cfg = self.config
