@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import check_mask_ratio, to_pair
+from ._checks import check_mask_ratio, check_positive_int, to_pair
 
 __all__ = [
     "MaskingOutput",
@@ -34,6 +34,11 @@ __all__ = [
     "normalize_patches",
     "masked_mse_loss",
     "per_patch_mse",
+    "block_mask",
+    "grid_mask",
+    "check_mask",
+    "mask_ratio_for",
+    "mask_to_noise",
 ]
 
 
@@ -264,3 +269,129 @@ def per_patch_mse(pred: Tensor, target: Tensor, norm_pix_loss: bool = False) -> 
     if norm_pix_loss:
         target = normalize_patches(target)
     return (pred.to(dtype) - target).pow(2).mean(dim=-1)  # (B, N)
+
+
+# ---- Masking strategies (Table 1f): each gives a (B, L) mask with exactly L - K removed per row, which feeds the one
+# argsort masking through ``mask_to_noise``.
+
+BLOCK_MIN_PATCHES = 16  # BEiT's smallest block (its pretraining setting), kept by MAE's Table 1f
+BLOCK_ASPECT = (0.3, 1 / 0.3)  # block height / width, drawn log-uniformly
+_BLOCK_TRIES = 10  # attempts to place one block before the random top-up finishes the mask (BEiT's limit)
+
+
+def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A NumPy generator seeded from torch's (or torch's global one): the same torch seed gives the same masks."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device)))
+
+
+def block_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: float, *,
+               generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+    """BEiT-style block-wise masking (Table 1f), with exactly L - K removed patches in every row.
+
+    Rectangles are placed at random until L - K patches are removed. Each draws an area uniformly between
+    ``min(16, L - K)`` and the number still to remove, and an aspect ratio (height / width) log-uniformly in
+    [0.3, 1/0.3]; its sides are rounded and clamped to the grid, so on grids too small or too thin for 16 patches at
+    that aspect the block is the largest that fits. A block is placed only if it removes at least one new patch and
+    no more than are still to remove (it may overlap earlier blocks); after 10 failed placements the remaining
+    patches (fewer than a block, typically) are removed at random. Blocks never overshoot, so no trimming is needed.
+
+    Args:
+        grid_size: (gh, gw) patch grid, or one int for a square grid.
+        mask_ratio: fraction removed, in [0, 1); K = int(L * (1 - mask_ratio)) patches stay.
+        generator: torch generator to draw from (torch's global one when None): same state, same masks.
+
+    Returns:
+        float32 (B, L), 1 = removed, row-major over the grid.
+    """
+    B = check_positive_int(batch_size, "batch_size")
+    gh, gw = to_pair(grid_size, "grid_size")
+    L = gh * gw
+    remove = L - num_kept(L, check_mask_ratio(mask_ratio))
+    rng = _numpy_rng(generator)
+    min_area = min(BLOCK_MIN_PATCHES, remove)
+    log_lo, log_hi = np.log(BLOCK_ASPECT[0]), np.log(BLOCK_ASPECT[1])
+    masks = np.zeros((B, gh, gw), dtype=bool)
+    for grid in masks:  # each (gh, gw) view is filled in place
+        done = 0
+        while done < remove:
+            for _ in range(_BLOCK_TRIES):
+                area = rng.uniform(min_area, max(min_area, remove - done))
+                aspect = np.exp(rng.uniform(log_lo, log_hi))
+                h = min(gh, max(1, round(np.sqrt(area * aspect))))
+                w = min(gw, max(1, round(np.sqrt(area / aspect))))
+                top, left = rng.integers(0, gh - h + 1), rng.integers(0, gw - w + 1)
+                new = h * w - int(grid[top:top + h, left:left + w].sum())
+                if 0 < new <= remove - done:
+                    grid[top:top + h, left:left + w] = True
+                    done += new
+                    break
+            else:  # no block fits what is left: finish at random
+                free = np.flatnonzero(~grid)
+                grid.flat[rng.choice(free, remove - done, replace=False)] = True
+                done = remove
+    return torch.from_numpy(masks.reshape(B, L)).to(device=device, dtype=torch.float32)  # (B, L)
+
+
+def grid_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: float = 0.75, *,
+              offset: tuple[int, int] | None = None, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> Tensor:
+    """Grid-wise masking (Table 1f, Fig. 6): keep one patch of every 2x2 cell, a regular lattice; ratio 0.75 only.
+
+    The kept patch sits at the same ``offset`` (row, column) inside every cell of an image, so the visible patches
+    form the paper's regular grid. By default the offset is drawn per image: with one fixed offset three quarters of
+    the positions would never be seen by the encoder and one quarter never predicted, a bias the paper's figure does
+    not call for (it shows the pattern, not a position). Pass ``offset=(0, 0)`` for one fixed lattice.
+
+    Returns float32 (B, L), 1 = removed, exactly L / 4 kept per row."""
+    B = check_positive_int(batch_size, "batch_size")
+    gh, gw = to_pair(grid_size, "grid_size")
+    if check_mask_ratio(mask_ratio) != 0.75:
+        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, so mask_ratio must be 0.75, got "
+                         f"{mask_ratio!r}")
+    if gh % 2 or gw % 2:
+        raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size ({gh}, {gw})")
+    if offset is not None and not (type(offset) in (tuple, list) and list(offset) in ([0, 0], [0, 1], [1, 0], [1, 1])):
+        raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
+    gen_device = generator.device if generator is not None else "cpu"
+    offsets = (torch.randint(0, 2, (B, 2), generator=generator, device=gen_device) if offset is None
+               else torch.tensor(offset).expand(B, 2)).to(device)  # (B, 2)
+    rows = torch.arange(gh, device=device).view(1, gh, 1) % 2  # (1, gh, 1)
+    cols = torch.arange(gw, device=device).view(1, 1, gw) % 2  # (1, 1, gw)
+    kept = (rows == offsets[:, 0].view(B, 1, 1)) & (cols == offsets[:, 1].view(B, 1, 1))  # (B, gh, gw)
+    return (~kept).reshape(B, gh * gw).float()  # (B, L)
+
+
+def check_mask(mask: Tensor, batch_size: int | None = None, num_patches: int | None = None) -> int:
+    """Check a user mask, (B, L) of 0/1 (1 = removed) with the same count removed in every row; return L - K."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a torch.Tensor of shape (B, L), got {type(mask).__name__}")
+    if mask.ndim != 2 or (batch_size or mask.shape[0], num_patches or mask.shape[1]) != tuple(mask.shape):
+        raise ValueError(f"mask must be (B, L) = ({batch_size or 'B'}, {num_patches or 'L'}), got {tuple(mask.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must hold only 0 (kept) and 1 (removed)")
+    counts = (mask != 0).sum(dim=1).unique()  # the distinct per-row counts of removed patches
+    if counts.numel() > 1:
+        raise ValueError(f"every row of mask must remove the same number of patches (batches stay rectangular), got "
+                         f"rows removing {counts.tolist()}")
+    return int(counts[0]) if counts.numel() else 0
+
+
+def mask_ratio_for(num_patches: int, num_removed: int) -> float:
+    """A mask ratio whose K = int(L * (1 - ratio)) is exactly L - num_removed (num_removed / L can round off by one)."""
+    return 0.0 if num_removed == 0 else (num_removed - 0.5) / num_patches
+
+
+def mask_to_noise(mask: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Masking noise that makes the argsort masking reproduce ``mask``: kept patches rank first, removed ones last.
+
+    Kept patches get noise in [0, 0.49), removed ones in [0.5, 0.99), each group in random order, so
+    ``masking_indices(B, L, mask_ratio_for(L, removed), noise=mask_to_noise(mask))`` returns ``mask`` itself.
+
+    Args: ``mask`` (B, L), 1 = removed, same count per row (``check_mask``); ``generator`` for the order in a group.
+    Returns float32 (B, L) on the mask's device.
+    """
+    check_mask(mask)
+    gen_device = generator.device if generator is not None else mask.device
+    u = torch.rand(mask.shape, generator=generator, device=gen_device).to(mask.device)  # (B, L) in [0, 1)
+    return mask.float() * 0.5 + u * 0.49  # (B, L); 0.49 keeps the groups apart after float32 rounding
