@@ -12,12 +12,28 @@ from typing import Any
 
 from ._checks import check_bool, check_divisible, check_finite, check_mask_ratio, check_positive_int, to_pair
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "PRESETS", "list_models", "replace_fields"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MASKINGS", "MAEConfig", "PRESETS", "check_masking", "list_models",
+           "replace_fields"]
+
+# The masking strategies of the paper's Table 1f (mae.functional: random_masking, block_mask, grid_mask).
+MASKINGS = ("random", "block", "grid")
 
 # Per-channel normalisation of the paper's inputs (ImageNet statistics, RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+
+def check_masking(masking: Any, mask_ratio: float, grid_size: tuple[int, int]) -> str:
+    """A masking strategy name that can serve ``mask_ratio`` on a ``grid_size`` patch grid."""
+    if masking not in MASKINGS:
+        raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}")
+    if masking == "grid" and (mask_ratio != 0.75 or grid_size[0] % 2 or grid_size[1] % 2):
+        raise ValueError(
+            f"grid masking keeps one patch of every 2x2 cell: it needs mask_ratio 0.75 and an even patch grid, "
+            f"got mask_ratio {mask_ratio} and grid {grid_size}"
+        )
+    return masking
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class MAEConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * width
     norm_pix_loss: bool = False  # normalise each target patch by its own mean/std (Sec. 3, best features)
     mask_ratio: float = 0.75  # fraction of patches removed (Sec. 4: 75% works best)
+    masking: str = "random"  # which patches: "random" (the paper's), "block" (BEiT's) or "grid" (Table 1f)
 
     def __post_init__(self) -> None:
         # Accept ints for the two size fields; store them as (h, w) pairs so nothing downstream assumes squares.
@@ -60,6 +77,7 @@ class MAEConfig:
         object.__setattr__(self, "mlp_ratio", check_finite(self.mlp_ratio, "mlp_ratio", low=1e-6))
         object.__setattr__(self, "norm_pix_loss", check_bool(self.norm_pix_loss, "norm_pix_loss"))
         object.__setattr__(self, "mask_ratio", check_mask_ratio(self.mask_ratio))
+        check_masking(self.masking, self.mask_ratio, self.grid_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -134,3 +152,4 @@ def replace_fields(config: Any, **overrides: Any) -> Any:
     if unknown:
         raise TypeError(f"unknown {type(config).__name__} field(s) {unknown}; valid fields: {valid}")
     return dataclasses.replace(config, **overrides)
+

@@ -386,7 +386,7 @@ def mask_to_noise(mask: Tensor, *, generator: torch.Generator | None = None) -> 
     """Masking noise that makes the argsort masking reproduce ``mask``: kept patches rank first, removed ones last.
 
     Kept patches get noise in [0, 0.49), removed ones in [0.5, 0.99), each group in random order, so
-    ``masking_indices(B, L, mask_ratio_for(L, removed), noise=mask_to_noise(mask))`` returns ``mask`` itself.
+    ``random_masking(x, mask_ratio_for(L, removed), noise=mask_to_noise(mask)).mask`` is ``mask`` itself.
 
     Args: ``mask`` (B, L), 1 = removed, same count per row (``check_mask``); ``generator`` for the order in a group.
     Returns float32 (B, L) on the mask's device.

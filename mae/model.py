@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import functional as MF
 from ._checks import check_mask_ratio
-from .config import MAEConfig
+from .config import MAEConfig, check_masking
 from .layers import Block, LayerNorm, PatchEmbedding
 
 __all__ = ["MaskedAutoEncoder", "EncoderOutput", "MAEOutput", "create_model"]
@@ -58,6 +58,7 @@ class MaskedAutoEncoder(nn.Module):
         mlp_ratio: MLP hidden width over block width.
         norm_pix_loss: reconstruct per-patch normalised pixels (paper: better features).
         mask_ratio: default fraction of patches removed, overridable per call.
+        masking: default masking strategy, "random" (the paper's), "block" or "grid" (Table 1f), overridable per call.
         device, dtype: where and in which floating type the parameters are created.
     """
 
@@ -75,6 +76,7 @@ class MaskedAutoEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
         mask_ratio: float = 0.75,
+        masking: str = "random",
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -84,7 +86,7 @@ class MaskedAutoEncoder(nn.Module):
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
             decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
-            mask_ratio=mask_ratio,
+            mask_ratio=mask_ratio, masking=masking,
         )
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
@@ -190,6 +192,34 @@ class MaskedAutoEncoder(nn.Module):
             raise ValueError(f"mask_ratio={ratio} removes no patch out of {L}: the loss would be undefined")
         return ratio
 
+    def _masking_noise(
+        self,
+        B: int,
+        mask_ratio: float | None,
+        noise: Tensor | None,
+        generator: torch.Generator | None,
+        masking: str | None,
+        mask: Tensor | None,
+    ) -> tuple[float, Tensor | None]:
+        """Every masking strategy as (ratio, noise) for the one argsort masking: block, grid and user masks become
+        noise that ranks their kept patches first (``mask_to_noise``); random masking draws its own."""
+        cfg = self.config
+        L = cfg.num_patches
+        if mask is not None:
+            if noise is not None or masking is not None or mask_ratio is not None:
+                raise ValueError("pass mask alone: it already fixes which patches are removed (and so the ratio)")
+            removed = MF.check_mask(mask, B, L)
+            if mask.device != self.device:
+                raise ValueError(f"mask is on {mask.device} but the model is on {self.device}; move it with .to()")
+            return self._resolve_mask_ratio(MF.mask_ratio_for(L, removed)), MF.mask_to_noise(mask, generator=generator)
+        ratio = self._resolve_mask_ratio(mask_ratio)
+        strategy = check_masking(cfg.masking if masking is None else masking, ratio, cfg.grid_size)
+        if noise is not None or strategy == "random":
+            return ratio, noise
+        draw = MF.block_mask if strategy == "block" else MF.grid_mask
+        chosen = draw(B, cfg.grid_size, ratio, generator=generator, device=self.device)  # (B, L) 1 = removed
+        return ratio, MF.mask_to_noise(chosen, generator=generator)
+
     # ------------------------------------------------------------------ pixels <-> patches
 
     def patchify(self, imgs: Tensor) -> Tensor:
@@ -210,6 +240,8 @@ class MaskedAutoEncoder(nn.Module):
         *,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        masking: str | None = None,
+        mask: Tensor | None = None,
     ) -> EncoderOutput:
         """Embed, mask, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
 
@@ -220,14 +252,18 @@ class MaskedAutoEncoder(nn.Module):
         Args:
             imgs: (B, C, H, W) floating-point images, normalised as in training.
             mask_ratio: fraction removed; defaults to ``config.mask_ratio``. 0 keeps every patch in order.
-            noise: optional (B, L) noise fixing the masking (small = keep), for exact reproduction.
-            generator: optional ``torch.Generator`` to draw the masking noise from.
+            noise: optional (B, L) noise fixing the masking (small = keep), for exact reproduction; it decides the
+                masking whatever the strategy.
+            generator: optional ``torch.Generator`` to draw the masking (noise, blocks, grid offsets) from.
+            masking: "random", "block" or "grid" (Table 1f); defaults to ``config.masking``.
+            mask: optional (B, L) mask of your own, 1 = removed, the same number removed in every row; it replaces
+                ``mask_ratio``, ``noise`` and ``masking``.
 
         Returns:
             ``EncoderOutput(latent (B, 1+K, D), mask (B, L), ids_restore (B, L))``.
         """
         self._check_images(imgs)
-        ratio = self._resolve_mask_ratio(mask_ratio)
+        ratio, noise = self._masking_noise(imgs.shape[0], mask_ratio, noise, generator, masking, mask)
         visible = MF.random_masking(self.patchify(imgs), ratio, noise=noise, generator=generator)  # (B, K, P)
         x = self.patch_embed.embed_patches(visible.x_kept)  # (B, K, D)
         x = x + self.pos_embed[0, 1:][visible.ids_keep]  # (B, K, D) each token's own position
@@ -312,12 +348,14 @@ class MaskedAutoEncoder(nn.Module):
         *,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        masking: str | None = None,
+        mask: Tensor | None = None,
         loss_only: bool = False,
     ) -> MAEOutput:
         """Encode the visible patches, reconstruct the removed ones, and score them: encoder -> decoder -> loss.
 
         Args:
-            imgs, mask_ratio, noise, generator: as for ``encoder``.
+            imgs, mask_ratio, noise, generator, masking, mask: as for ``encoder``.
             loss_only: compute only what the loss reads: the decoder's last block and head run on the removed
                 patches alone, and ``pred`` comes back as None. Same loss, mask and gradients. The training loop
                 uses it (also through DistributedDataParallel: ``model(imgs, loss_only=True).loss``).
@@ -325,8 +363,11 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
-        ratio = self._resolve_mask_ratio(mask_ratio, training=True)
-        latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
+        if mask is None:  # (a mask of your own is checked by the loss: it must remove at least one patch)
+            mask_ratio = self._resolve_mask_ratio(mask_ratio, training=True)
+        latent, mask, ids_restore = self.encoder(
+            imgs, mask_ratio, noise=noise, generator=generator, masking=masking, mask=mask
+        )
         removed = MF.shuffle_order(ids_restore)[:, latent.shape[1] - 1 :] if loss_only else None  # (B, L - K)
         pred = self.decoder(latent, ids_restore, patches=removed)
         loss = self.loss(imgs, pred, mask, patches=removed)
@@ -336,7 +377,7 @@ class MaskedAutoEncoder(nn.Module):
         cfg = self.config
         return (
             f"img_size={cfg.img_size}, patch_size={cfg.patch_size}, in_chans={cfg.in_chans}, "
-            f"mask_ratio={cfg.mask_ratio}, norm_pix_loss={cfg.norm_pix_loss}"
+            f"mask_ratio={cfg.mask_ratio}, masking={cfg.masking!r}, norm_pix_loss={cfg.norm_pix_loss}"
         )
 
     # ------------------------------------------------------------------ checkpoints (mae/checkpoints.py)

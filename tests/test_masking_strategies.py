@@ -13,8 +13,8 @@ from mae.functional import (
     grid_mask,
     mask_ratio_for,
     mask_to_noise,
-    masking_indices,
     num_kept,
+    random_masking,
 )
 
 grids = st.tuples(st.integers(1, 16), st.integers(1, 16))
@@ -41,7 +41,7 @@ def regions(grid: torch.Tensor) -> int:
 def random_mask(batch_size: int, grid_size: tuple[int, int], mask_ratio: float, seed: int) -> torch.Tensor:
     L = grid_size[0] * grid_size[1]
     gen = torch.Generator().manual_seed(seed)
-    return masking_indices(batch_size, L, mask_ratio, generator=gen)[2]
+    return random_masking(torch.zeros(batch_size, L, 1), mask_ratio, generator=gen).mask
 
 
 @given(batch=st.integers(1, 4), grid=grids, ratio=ratios, seed=st.integers(0, 2**31))
@@ -118,10 +118,10 @@ def test_mask_to_noise_makes_argsort_masking_reproduce_the_mask(batch, grid, rat
         random_mask(batch, grid, ratio, seed))
     removed = check_mask(mask)
     noise = mask_to_noise(mask, generator=torch.Generator().manual_seed(seed))
-    ids_shuffle, ids_restore, again = masking_indices(batch, L, mask_ratio_for(L, removed), noise=noise)
-    assert torch.equal(again, mask)
+    again = random_masking(torch.zeros(batch, L, 1), mask_ratio_for(L, removed), noise=noise)
+    assert torch.equal(again.mask, mask)
     K = L - removed
-    assert torch.equal(mask.gather(1, ids_shuffle[:, :K]), torch.zeros(batch, K))  # kept patches rank first
+    assert torch.equal(mask.gather(1, again.ids_keep), torch.zeros(batch, K))  # kept patches rank first
 
 
 def test_mask_to_noise_orders_randomly_within_groups_and_reproducibly():
@@ -173,3 +173,78 @@ def test_block_mask_argument_errors():
         block_mask(0, 8, 0.75)
     with pytest.raises(TypeError, match="grid_size must be an int"):
         block_mask(2, 8.0, 0.75)
+
+
+# ---------------------------------------------------------------------------------------------------- in the model
+
+
+def _model(**overrides):
+    from mae import create_model
+
+    torch.manual_seed(0)
+    return create_model("mae_vit_test", **overrides)  # 32 px, patch 8: a 4x4 grid, L = 16
+
+
+@pytest.mark.parametrize("masking", ["random", "block", "grid"])
+def test_model_masking_strategies_keep_exact_counts_and_reproduce(masking):
+    model = _model()
+    imgs = torch.randn(3, 3, 32, 32)
+    out = model.encoder(imgs, 0.75, masking=masking, generator=torch.Generator().manual_seed(1))
+    again = model.encoder(imgs, 0.75, masking=masking, generator=torch.Generator().manual_seed(1))
+    assert out.latent.shape == (3, 1 + 4, 64)
+    assert out.mask.sum(dim=1).tolist() == [12.0] * 3
+    assert torch.equal(out.mask, again.mask) and torch.equal(out.latent, again.latent)
+    if masking == "grid":  # one kept patch in every 2x2 cell
+        cells = out.mask.view(3, 2, 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(3, 4, 4)  # (B, cell, 4 patches)
+        assert torch.equal((1 - cells).sum(dim=-1), torch.ones(3, 4))
+
+
+def test_model_default_masking_comes_from_the_config():
+    model = _model(masking="grid")
+    loss, pred, mask = model(torch.randn(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    cells = mask.view(2, 2, 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(2, 4, 4)
+    assert torch.equal((1 - cells).sum(dim=-1), torch.ones(2, 4)) and torch.isfinite(loss)
+
+
+def test_a_user_mask_is_obeyed_by_encoder_and_forward():
+    model = _model()
+    imgs = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 16)
+    mask[0, [0, 1, 2, 3, 4, 5]] = 1
+    mask[1, [10, 11, 12, 13, 14, 15]] = 1
+    latent, got, ids_restore = model.encoder(imgs, mask=mask)
+    assert torch.equal(got, mask) and latent.shape == (2, 1 + 10, 64)
+    kept = torch.argsort(ids_restore, dim=1)[:, :10]  # the patches the encoder saw
+    assert torch.equal(mask.gather(1, kept), torch.zeros(2, 10))
+    # The same as giving the model noise that ranks the kept patches first.
+    noise = (mask + torch.arange(16) / 100).contiguous()
+    ref = model.encoder(imgs, 6 / 16 - 1e-3, noise=noise)  # K = int(16 * (1 - 0.374)) = 10
+    torch.testing.assert_close(latent[:, 0], ref.latent[:, 0], rtol=1e-5, atol=1e-5)  # cls sees the same patches
+    loss, pred, out_mask = model(imgs, mask=mask)
+    assert torch.equal(out_mask, mask) and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"mask": torch.tensor([[1.0] * 4 + [0.0] * 12, [1.0] * 5 + [0.0] * 11])}, "same number"),
+    ({"mask": torch.zeros(2, 15)}, r"\(2, 16\)"),
+    ({"mask": torch.full((2, 16), 0.5)}, "only 0"),
+    ({"mask": torch.ones(2, 16)}, "keeps no patch"),
+    ({"mask": torch.zeros(2, 16), "noise": torch.rand(2, 16)}, "mask alone"),
+    ({"masking": "grid", "mask_ratio": 0.5}, "0.75"),
+    ({"masking": "checkerboard"}, "random.*block.*grid"),
+])
+def test_model_masking_errors_name_the_problem(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _model().encoder(torch.randn(2, 3, 32, 32), **kwargs)
+
+
+def test_forward_refuses_a_user_mask_that_removes_nothing():
+    with pytest.raises(ValueError, match="no removed patch"):
+        _model()(torch.randn(2, 3, 32, 32), mask=torch.zeros(2, 16))
+
+
+def test_grid_masking_needs_an_even_grid_at_construction():
+    from mae import MAEConfig
+
+    with pytest.raises(ValueError, match="even patch grid"):
+        MAEConfig.from_name("mae_vit_test", img_size=24, masking="grid")  # 3x3 grid
