@@ -19,7 +19,7 @@ dependencies = ["torch", "timm", "einops", "numpy", "safetensors"]
 def _make_entry(name: str):  # noqa: ANN202 - returns the entry point function
     def entry(pretrained: _Any = None, *, checkpoint: _Any = None, **kwargs: _Any):  # noqa: ANN202
         from mae import create_model
-        from mae.checkpoints import load_checkpoint
+        from mae.io import load_checkpoint
 
         if pretrained is not None and checkpoint is not None:
             raise ValueError("pass the checkpoint path as pretrained= or checkpoint=, not both")

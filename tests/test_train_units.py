@@ -17,9 +17,9 @@ from mae.train.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     capture_rng_state,
-    load_checkpoint,
+    read_train_checkpoint,
     restore_rng_state,
-    save_checkpoint,
+    write_train_checkpoint,
 )
 from mae.train.data import ImageFiles, PretrainSamples, UnreadableImageError, scan_image_folder, train_transform
 from mae.train.optim import build_optimizer
@@ -208,13 +208,13 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     opt.step()
     state = {"optimizer": opt.state_dict(), "epoch": 3, "global_step": 7, "rng": capture_rng_state(),
              "run_config": TrainConfig().to_dict()}
-    path = save_checkpoint(tmp_path / "checkpoints" / "last", model, state)
+    path = write_train_checkpoint(tmp_path / "checkpoints" / "last", model, state)
     config = json.loads((path / "config.json").read_text())
     assert config["format"] == "mae-pytorch" and config["embed_dim"] == 64
     # the contract: plain torch.load(weights_only=True) reads the training state
     raw = torch.load(path / STATE_FILE, weights_only=True)
     assert raw["epoch"] == 3 and raw["global_step"] == 7
-    ckpt = load_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
+    ckpt = read_train_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
     assert ckpt.path == path
     for k, v in model.state_dict().items():
         assert torch.equal(ckpt.model_state[k], v), k
@@ -236,20 +236,20 @@ def test_rng_state_round_trip(tmp_path):
 
 def test_save_recovers_from_a_crash_between_renames(tmp_path):
     model = tiny_model()
-    last = save_checkpoint(tmp_path / "last", model, {"epoch": 1})
+    last = write_train_checkpoint(tmp_path / "last", model, {"epoch": 1})
     # the state a crash between the two renames leaves: the previous checkpoint moved aside, no "last"
-    last.rename(tmp_path / ".old-last")
-    assert load_checkpoint(tmp_path / "last").train_state["epoch"] == 1
-    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".old-last").exists()
+    last.rename(tmp_path / ".last.old")
+    assert read_train_checkpoint(tmp_path / "last").train_state["epoch"] == 1
+    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".last.old").exists()
 
 
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing")
+        read_train_checkpoint(tmp_path / "missing")
     (tmp_path / "notckpt").mkdir()
     with pytest.raises(ValueError, match="is not a checkpoint"):
-        load_checkpoint(tmp_path / "notckpt")
-    path = save_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
+        read_train_checkpoint(tmp_path / "notckpt")
+    path = write_train_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
     (path / MODEL_FILE).write_bytes(b"\x00" * 100)  # damaged weights
     with pytest.raises(ValueError, match="corrupt or unreadable"):
-        load_checkpoint(path)
+        read_train_checkpoint(path)
