@@ -115,6 +115,15 @@ def test_defaults_follow_the_data_source():
         (dict(model_overrides={"depth": 0}), "depth must be a positive int"),
         (dict(model_overrides={"img_size": 32}), "own settings"),
         (dict(warmup_epochs=9, epochs=2), "warmup_epochs"),
+        (dict(lr=float("inf")), "lr must be a finite number"),
+        (dict(min_lr=float("nan")), "min_lr must be a finite number"),
+        (dict(weight_decay=float("nan")), "weight_decay must be a finite number"),
+        (dict(warmup_epochs=float("nan")), "warmup_epochs must be a finite number"),
+        (dict(blr=-1.0), r"blr must be in \[0.0, inf\]"),
+        (dict(mask_ratio=float("nan")), "mask_ratio must be a finite number"),
+        (dict(norm_pix_loss="false"), "norm_pix_loss must be True or False"),
+        (dict(overwrite=1), "overwrite must be True or False"),
+        (dict(num_workers=-1), "num_workers must be an int >= 0"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -253,3 +262,22 @@ def test_load_errors_name_the_problem(tmp_path):
     (path / MODEL_FILE).write_bytes(b"\x00" * 100)  # damaged weights
     with pytest.raises(ValueError, match="corrupt or unreadable"):
         read_train_checkpoint(path)
+
+
+def test_cli_flags_come_from_the_fields():
+    """Each field has its help in its metadata; argparse types follow the hints, so '--lr inf' reaches validation."""
+    import dataclasses
+
+    from mae.train.cli import build_parser
+
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"] and f.metadata["help"] in actions[f.name].help, f.name
+    assert actions["img_size"].type is int and actions["lr"].type is float and actions["data"].type is str
+    assert actions["precision"].choices == ("auto", "fp32", "bf16", "fp16")
+    assert "64 on the built-in photographs, 224 with --data" in actions["img_size"].help
+    args = vars(parser.parse_args(["--lr", "inf", "--no-figures"]))
+    assert args == {"lr": float("inf"), "figures": False}
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        TrainConfig(**args)

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, is_di
     if is_dir:
         recover_directory(final)
     tmp = _create_temp(final, is_dir)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 (0o777 for a folder) less the umask
     try:
         write(tmp)
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:
+            os.chmod(tmp, mode)  # writers that recreate the file (safetensors: 0o600) get the usual mode back
         if is_dir:
             for item in sorted(tmp.rglob("*")):
                 if item.is_file():

@@ -65,8 +65,9 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         return _read_safetensors(path)
     try:
         # argparse.Namespace is the release code's saved 'args'; rebuilding it only sets attributes.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # An open file, not the path: torch.load would otherwise pick a reader from the name's extension.
+        with torch.serialization.safe_globals([argparse.Namespace]), open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or re.search(r"GLOBAL ([\w.]+)", str(err)):
             raise UnsafeCheckpointError(_unsafe_message(path, str(err))) from None
