@@ -12,11 +12,13 @@ import json
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_train_checkpoint, saved_run_config
 from .config import RESUMABLE_FIELDS, TrainConfig, source_defaults
 from .engine import NonFiniteLossError, pretrain
+from .resume import run_dir_of
 
 __all__ = ["build_parser", "main"]
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a run: a checkpoint folder or a run folder (uses its checkpoints/last); "
                              f"only {', '.join('--' + f.replace('_', '-') for f in sorted(RESUMABLE_FIELDS))} "
                              "may be changed")
+    parser.add_argument("--discard-newer", action="store_true",
+                        help="with --resume from a kept checkpoint older than the run's checkpoints/last: go back to "
+                             "it and let the resumed run replace the newer last (refused without this flag)")
     return parser
 
 
@@ -75,8 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mae-pretrain`` and ``python -m mae.train``. Returns the process exit code."""
     args = vars(build_parser().parse_args(argv))
     resume = args.pop("resume", None)
+    discard_newer = args.pop("discard_newer", False)
     if "model_overrides" in args:
         args["model_overrides"] = dict(args["model_overrides"])
+    run_dir = None
     try:
         if resume is not None:
             ckpt = read_train_checkpoint(resume)
@@ -85,15 +92,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             ckpt, config = None, TrainConfig(**args)
-        pretrain(config, resume=ckpt)
+        run_dir = run_dir_of(config, ckpt)
+        pretrain(config, resume=ckpt, discard_newer=discard_newer)
     except (ValueError, TypeError) as err:
         print(f"mae-pretrain: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         print(f"mae-pretrain: stopped: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mae-pretrain: interrupted; continue with --resume RUN_FOLDER (from its last checkpoint)",
+    except OSError as err:  # a full disk, a read-only or vanished output folder: one line, not a traceback
+        where = f" {err.filename}" if err.filename else ""
+        print(f"mae-pretrain: error: cannot write{where}: {err.strerror or err}; {_next_step(run_dir)}",
               file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mae-pretrain: interrupted; {_next_step(run_dir)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _next_step(run_dir: Path | None) -> str:
+    """How to go on after a stop: resume only where a checkpoint exists."""
+    if run_dir is not None and (run_dir / "checkpoints" / "last").is_dir():
+        return f"continue with --resume {run_dir} (from its last checkpoint)"
+    return "no checkpoint was written, so there is nothing to resume: start again (with --overwrite if the run " \
+           "folder was created)"

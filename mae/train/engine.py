@@ -28,15 +28,15 @@ from .checkpoint import (
     keep_train_checkpoint,
     read_train_checkpoint,
     restore_rng_state,
-    saved_run_config,
     write_train_checkpoint,
 )
-from .config import RESUMABLE_FIELDS, TrainConfig
+from .config import TrainConfig
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
 from .metrics import MetricsLog, require_tensorboard
 from .optim import build_optimizer
+from .resume import check_not_older, check_resumable, run_dir_of
 from .rundir import METRICS_FILE, RunLock, check_run_dir, prepare_run_dir, write_run_config
 from .schedule import lr_at_step, scaled_lr
 
@@ -46,7 +46,7 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before applying that step."""
+    """The loss (or, after a step, the weights) became NaN or infinite; the run stopped without saving them."""
 
 
 @dataclass
@@ -94,7 +94,9 @@ class _Loop:
     last_checkpoint: Path | None = None  # checkpoints/last once it exists
 
 
-def pretrain(config: TrainConfig, *, resume: str | os.PathLike | TrainCheckpoint | None = None) -> TrainResult:
+def pretrain(
+    config: TrainConfig, *, resume: str | os.PathLike | TrainCheckpoint | None = None, discard_newer: bool = False
+) -> TrainResult:
     """Run (or continue) one pretraining run and return the trained model.
 
     Works alone or inside ``torchrun`` (then every process calls it; only rank 0 writes).
@@ -102,16 +104,18 @@ def pretrain(config: TrainConfig, *, resume: str | os.PathLike | TrainCheckpoint
     Args:
         config: the run. When resuming, fields outside ``RESUMABLE_FIELDS`` must equal the checkpoint's.
         resume: a checkpoint directory, a run directory (its ``checkpoints/last``), or a ``TrainCheckpoint``.
+        discard_newer: allow resuming from a kept checkpoint older than the run's ``checkpoints/last``, which the
+            resumed run then replaces (refused otherwise, so a newer checkpoint is never lost by mistake).
 
     Raises:
         ValueError: bad configuration, data, output folder or checkpoint (nothing is written in that case).
-        NonFiniteLossError: the loss diverged; the last good checkpoint is left as it was.
+        NonFiniteLossError: the loss or the weights diverged; the last good checkpoint is left as it was.
     """
     ckpt = resume if isinstance(resume, TrainCheckpoint) or resume is None else read_train_checkpoint(resume)
     if ckpt is not None:
-        _check_resumable(config, ckpt)
-        parent = ckpt.path.parent
-        run_dir = parent.parent if parent.name == "checkpoints" else Path(config.output_dir) / config.run_name
+        check_resumable(config, ckpt)
+        run_dir = run_dir_of(config, ckpt)
+        check_not_older(ckpt, run_dir, discard_newer=discard_newer)
     else:
         run_dir = Path(config.output_dir) / config.run_name
     # Fail on a bad output folder before any process is started or anything written.
@@ -127,25 +131,6 @@ def pretrain(config: TrainConfig, *, resume: str | os.PathLike | TrainCheckpoint
     finally:
         torch.set_num_threads(threads_before)
         shutdown(info)
-
-
-def _check_resumable(config: TrainConfig, ckpt: TrainCheckpoint) -> None:
-    saved = TrainConfig.from_dict(saved_run_config(ckpt))
-    ignored = RESUMABLE_FIELDS | {"output_dir", "name", "overwrite"}
-    changed = [(f, getattr(saved, f), getattr(config, f)) for f in saved.to_dict()
-               if f not in ignored and getattr(saved, f) != getattr(config, f)]
-    if changed:
-        details = "; ".join(f"{f}: checkpoint {a!r}, given {b!r}" for f, a, b in changed)
-        raise ValueError(
-            f"cannot change these settings when resuming from {str(ckpt.path)!r}: {details}. "
-            f"Only {sorted(RESUMABLE_FIELDS)} may differ"
-        )
-    done = ckpt.train_state["epoch"]
-    if done >= config.epochs:
-        raise ValueError(
-            f"checkpoint {str(ckpt.path)!r} has already finished {done} of epochs={config.epochs}; "
-            "pass a larger --epochs to train further"
-        )
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -172,6 +157,8 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
     data, sampler, loader = inputs
     plan = _make_plan(config, info, len(loader))
     loop = _build_loop(config, plan, info, ckpt)
+    if info.is_main and ckpt is not None:
+        _complete_kept_copy(ckpt, run_dir, config.keep_every)
     if info.is_main:
         write_run_config(run_dir, _resolved(config, plan, data.description, resume=ckpt))
     loop.metrics = MetricsLog(run_dir / METRICS_FILE, enabled=info.is_main,
@@ -230,7 +217,7 @@ def _build_loop(config: TrainConfig, plan: _Plan, info: DistInfo, ckpt: TrainChe
     scaler = torch.amp.GradScaler(plan.device.type, enabled=plan.precision == "fp16")
     start_epoch, global_step = 0, 0
     if ckpt is not None:
-        model.load_state_dict(ckpt.model_state)
+        model.load_state_dict(ckpt.model_state)  # checked to fit in check_resumable
         state = ckpt.train_state
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -260,8 +247,10 @@ def _epoch(loop: _Loop, loader: DataLoader, epoch: int, run_dir: Path) -> float:
                    f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s")
     stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
     keep = bool(config.keep_every) and done % config.keep_every == 0
-    if info.is_main and (done % config.save_every == 0 or keep or done == config.epochs or stopping):
-        _save_checkpoints(loop, run_dir, done, keep)
+    if done % config.save_every == 0 or keep or done == config.epochs or stopping:
+        _check_finite_weights(loop, done)  # every process: the weights are the same, so is the decision
+        if info.is_main:
+            _save_checkpoints(loop, run_dir, done, keep)
     barrier(info)
     return epoch_loss
 
@@ -276,6 +265,30 @@ def _save_checkpoints(loop: _Loop, run_dir: Path, done: int, keep: bool) -> None
     loop.last_checkpoint = last
     if keep:
         keep_train_checkpoint(last, run_dir / "checkpoints" / f"epoch_{done:04d}")
+
+
+def _complete_kept_copy(ckpt: TrainCheckpoint, run_dir: Path, keep_every: int) -> None:
+    """A run killed between writing ``last`` and keeping its copy would never get that copy: make it now."""
+    done = ckpt.train_state["epoch"]
+    kept = run_dir / "checkpoints" / f"epoch_{done:04d}"
+    if keep_every and done % keep_every == 0 and not kept.exists() and ckpt.path.parent == kept.parent:
+        keep_train_checkpoint(ckpt.path, kept)
+
+
+def _check_finite_weights(loop: _Loop, done: int) -> None:
+    """Never save non-finite weights as the last good checkpoint (a finite loss does not guarantee finite weights)."""
+    bad = [k for k, v in loop.model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise NonFiniteLossError(
+            f"the weights became non-finite during epoch {done} ({len(bad)} tensor(s), e.g. {bad[0]}) although the "
+            f"loss stayed finite; nothing was saved, {_kept(loop)}. Lower --blr/--lr or use --precision fp32"
+        )
+
+
+def _kept(loop: _Loop) -> str:
+    if loop.last_checkpoint is not None:
+        return f"the last good checkpoint is kept at {loop.last_checkpoint}"
+    return "no checkpoint had been written yet (start again rather than --resume)"
 
 
 def train_one_epoch(loop: _Loop, loader: DataLoader, epoch: int) -> float:
@@ -341,13 +354,9 @@ def _optimizer_step(loop: _Loop) -> None:
 
 
 def _non_finite(loop: _Loop, step_loss: float, where: str) -> NonFiniteLossError:
-    if loop.last_checkpoint is not None:
-        kept = f"the last good checkpoint is kept at {loop.last_checkpoint}"
-    else:
-        kept = "no checkpoint had been written yet (start again rather than --resume)"
     return NonFiniteLossError(
         f"non-finite loss {step_loss} at optimizer step {loop.global_step + 1} ({where}); stopping without "
-        f"applying it, {kept}. Lower --blr/--lr or use --precision fp32"
+        f"applying it, {_kept(loop)}. Lower --blr/--lr or use --precision fp32"
     )
 
 
