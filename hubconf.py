@@ -5,7 +5,7 @@
     ...                        pretrained="mae_visualize_vit_large.pth")
 
 Nothing is ever downloaded. ``pretrained`` (alias ``checkpoint``) takes any checkpoint
-``MaskedAutoEncoder.from_pretrained`` reads, loaded into the named preset (plus keyword arguments: ``MAEConfig``
+``mae.from_pretrained`` reads, loaded into the named preset (plus keyword arguments: ``MAEConfig``
 fields, ``device``, ``dtype``); position tables follow ``img_size`` if it differs from the file's.
 """
 
