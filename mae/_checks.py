@@ -15,6 +15,7 @@ __all__ = [
     "check_divisible",
     "check_finite",
     "check_mask_ratio",
+    "check_non_negative_int",
     "check_positive_int",
     "to_pair",
 ]
@@ -83,3 +84,10 @@ def check_divisible(img_size: tuple[int, int], patch_size: tuple[int, int]) -> N
             f"image size (H, W) = ({H}, {W}) is not a multiple of patch size ({ph}, {pw}): "
             f"height {H} % {ph} = {H % ph}, width {W} % {pw} = {W % pw}"
         )
+
+
+def check_non_negative_int(value: Any, name: str) -> int:
+    """An int >= 0 (NumPy integers accepted; bools and floats refused)."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)

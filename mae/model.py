@@ -380,30 +380,6 @@ class MaskedAutoEncoder(nn.Module):
             f"mask_ratio={cfg.mask_ratio}, masking={cfg.masking!r}, norm_pix_loss={cfg.norm_pix_loss}"
         )
 
-    # ------------------------------------------------------------------ checkpoints (mae/checkpoints.py)
-
-    @classmethod
-    def from_pretrained(
-        cls, source: Any, *, device: Any = None, dtype: Any = None, strict: bool = False, **overrides: Any
-    ) -> MaskedAutoEncoder:
-        """Build the model a checkpoint describes and load its weights (see ``mae.checkpoints``).
-
-        Reads official release files, directories from ``save_pretrained`` or the trainer, Hugging Face ViTMAE
-        directories, and state dicts; pickled files only through ``torch.load(weights_only=True)``. The config comes
-        from the checkpoint (its config file, else its tensor shapes); ``overrides`` win. A partial load (e.g. an
-        encoder-only file leaves the decoder untrained) warns with the load report; ``mae.checkpoints.load_pretrained``
-        returns the report.
-        """
-        from .checkpoints import from_pretrained
-
-        return from_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
-
-    def save_pretrained(self, directory: Any) -> Any:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory``; ``from_pretrained`` reloads it exactly."""
-        from .checkpoints import save_pretrained
-
-        return save_pretrained(self, directory)
-
 
 def create_model(name: str, *, device: Any = None, dtype: Any = None, **overrides: Any) -> MaskedAutoEncoder:
     """Build a preset, e.g. ``create_model('mae_vit_base_patch16', norm_pix_loss=True, device='cuda')``.

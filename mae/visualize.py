@@ -18,7 +18,6 @@ touched (no backend switch, no figure registry), so this is safe in headless CI,
 from __future__ import annotations
 
 import os
-import secrets
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ except ImportError as err:  # the core package does not need matplotlib; only th
 
 from . import functional as MF
 from .config import IMAGENET_MEAN, IMAGENET_STD
+from .io.atomic import atomic_write
 from .model import MaskedAutoEncoder
 
 __all__ = [
@@ -179,25 +179,7 @@ def _save_png_atomic(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Pat
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path must be a file path for the PNG, got the existing directory {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL with mode 0o666 (not tempfile.mkstemp's 0o600) so the final file gets the usual umask permissions.
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def _new_figure(width: float, height: float) -> Figure:

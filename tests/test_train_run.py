@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 import mae.functional
 from mae import MAEConfig, MaskedAutoEncoder
 from mae.train import NonFiniteLossError, TrainConfig, pretrain
-from mae.train.checkpoint import load_checkpoint
+from mae.train.checkpoint import read_train_checkpoint
 from mae.train.cli import main
 from mae.train.data import build_data
 from mae.train.metrics import read_metrics
@@ -91,7 +91,7 @@ def test_default_data_run_writes_everything(tmp_path, capsys):
         model = MaskedAutoEncoder.from_config(MAEConfig(**config))
         model.load_state_dict(weights(run, which))
     # the library's loader reads the trainer's checkpoints as they are
-    loaded = MaskedAutoEncoder.from_pretrained(run / "checkpoints" / "last", strict=True)
+    loaded = mae.from_pretrained(run / "checkpoints" / "last", strict=True)
     for k, v in weights(run).items():
         assert torch.equal(loaded.state_dict()[k], v), k
     kept, last = run / "checkpoints" / "epoch_0002", run / "checkpoints" / "last"
@@ -217,7 +217,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     cfg = tiny_config(tmp_path, data, epochs=3)  # 2 steps per epoch
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at optimizer step 4 \(epoch 2, batch 2"):
         pretrain(cfg)
-    ckpt = load_checkpoint(tmp_path / "runs" / "t")
+    ckpt = read_train_checkpoint(tmp_path / "runs" / "t")
     assert ckpt.train_state["epoch"] == 1 and ckpt.train_state["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
 
@@ -234,7 +234,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = create_model("mae_vit_tiny_patch16", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
-    ck.save_checkpoint(path, model, {"epoch": 1})
+    ck.write_train_checkpoint(path, model, {"epoch": 1})
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
@@ -250,10 +250,10 @@ _KILL_SCRIPT = textwrap.dedent("""
         real_replace = os.replace
         def replace(src, dst):
             real_replace(src, dst)
-            if str(dst).endswith(".old-last"):
+            if str(dst).endswith(".last.old"):
                 hang("SWAPPING")
         ck.os.replace = replace
-    ck.save_checkpoint(path, model, {"epoch": 2})
+    ck.write_train_checkpoint(path, model, {"epoch": 2})
 """)
 
 
@@ -275,7 +275,7 @@ def test_sigkill_while_saving_keeps_the_previous_checkpoint(tmp_path, phase):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    ckpt = load_checkpoint(path)
+    ckpt = read_train_checkpoint(path)
     assert ckpt.train_state["epoch"] == 1
     torch.manual_seed(0)
     fresh = MaskedAutoEncoder.from_config(MAEConfig(**{k: v for k, v in ckpt.model_config.items()}))

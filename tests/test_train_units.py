@@ -17,9 +17,9 @@ from mae.train.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     capture_rng_state,
-    load_checkpoint,
+    read_train_checkpoint,
     restore_rng_state,
-    save_checkpoint,
+    write_train_checkpoint,
 )
 from mae.train.data import ImageFiles, PretrainSamples, UnreadableImageError, scan_image_folder, train_transform
 from mae.train.optim import build_optimizer
@@ -115,6 +115,15 @@ def test_defaults_follow_the_data_source():
         (dict(model_overrides={"depth": 0}), "depth must be a positive int"),
         (dict(model_overrides={"img_size": 32}), "own settings"),
         (dict(warmup_epochs=9, epochs=2), "warmup_epochs"),
+        (dict(lr=float("inf")), "lr must be a finite number"),
+        (dict(min_lr=float("nan")), "min_lr must be a finite number"),
+        (dict(weight_decay=float("nan")), "weight_decay must be a finite number"),
+        (dict(warmup_epochs=float("nan")), "warmup_epochs must be a finite number"),
+        (dict(blr=-1.0), r"blr must be in \[0.0, inf\]"),
+        (dict(mask_ratio=float("nan")), "mask_ratio must be a finite number"),
+        (dict(norm_pix_loss="false"), "norm_pix_loss must be True or False"),
+        (dict(overwrite=1), "overwrite must be True or False"),
+        (dict(num_workers=-1), "num_workers must be an int >= 0"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -208,13 +217,13 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     opt.step()
     state = {"optimizer": opt.state_dict(), "epoch": 3, "global_step": 7, "rng": capture_rng_state(),
              "run_config": TrainConfig().to_dict()}
-    path = save_checkpoint(tmp_path / "checkpoints" / "last", model, state)
+    path = write_train_checkpoint(tmp_path / "checkpoints" / "last", model, state)
     config = json.loads((path / "config.json").read_text())
     assert config["format"] == "mae-pytorch" and config["embed_dim"] == 64
     # the contract: plain torch.load(weights_only=True) reads the training state
     raw = torch.load(path / STATE_FILE, weights_only=True)
     assert raw["epoch"] == 3 and raw["global_step"] == 7
-    ckpt = load_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
+    ckpt = read_train_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
     assert ckpt.path == path
     for k, v in model.state_dict().items():
         assert torch.equal(ckpt.model_state[k], v), k
@@ -236,20 +245,39 @@ def test_rng_state_round_trip(tmp_path):
 
 def test_save_recovers_from_a_crash_between_renames(tmp_path):
     model = tiny_model()
-    last = save_checkpoint(tmp_path / "last", model, {"epoch": 1})
+    last = write_train_checkpoint(tmp_path / "last", model, {"epoch": 1})
     # the state a crash between the two renames leaves: the previous checkpoint moved aside, no "last"
-    last.rename(tmp_path / ".old-last")
-    assert load_checkpoint(tmp_path / "last").train_state["epoch"] == 1
-    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".old-last").exists()
+    last.rename(tmp_path / ".last.old")
+    assert read_train_checkpoint(tmp_path / "last").train_state["epoch"] == 1
+    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".last.old").exists()
 
 
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing")
+        read_train_checkpoint(tmp_path / "missing")
     (tmp_path / "notckpt").mkdir()
     with pytest.raises(ValueError, match="is not a checkpoint"):
-        load_checkpoint(tmp_path / "notckpt")
-    path = save_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
+        read_train_checkpoint(tmp_path / "notckpt")
+    path = write_train_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
     (path / MODEL_FILE).write_bytes(b"\x00" * 100)  # damaged weights
     with pytest.raises(ValueError, match="corrupt or unreadable"):
-        load_checkpoint(path)
+        read_train_checkpoint(path)
+
+
+def test_cli_flags_come_from_the_fields():
+    """Each field has its help in its metadata; argparse types follow the hints, so '--lr inf' reaches validation."""
+    import dataclasses
+
+    from mae.train.cli import build_parser
+
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"] and f.metadata["help"] in actions[f.name].help, f.name
+    assert actions["img_size"].type is int and actions["lr"].type is float and actions["data"].type is str
+    assert actions["precision"].choices == ("auto", "fp32", "bf16", "fp16")
+    assert "64 on the built-in photographs, 224 with --data" in actions["img_size"].help
+    args = vars(parser.parse_args(["--lr", "inf", "--no-figures"]))
+    assert args == {"lr": float("inf"), "figures": False}
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        TrainConfig(**args)

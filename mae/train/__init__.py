@@ -7,23 +7,23 @@
 This package needs the ``train`` extra: ``pip install 'mae-pytorch[train]'``.
 """
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TrainCheckpoint, read_train_checkpoint, write_train_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig
 from .engine import NonFiniteLossError, TrainResult, pretrain
 from .optim import build_optimizer, param_groups
 from .schedule import lr_at_step, scaled_lr
 
 __all__ = [
-    "Checkpoint",
     "NonFiniteLossError",
     "RESUMABLE_FIELDS",
+    "TrainCheckpoint",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
-    "load_checkpoint",
     "lr_at_step",
     "param_groups",
     "pretrain",
-    "save_checkpoint",
+    "read_train_checkpoint",
     "scaled_lr",
+    "write_train_checkpoint",
 ]
