@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mae import MAEConfig, MaskedAutoEncoder, create_model  # noqa: E402
 from mae.functional import num_kept  # noqa: E402
-from mae.interop.hf import config_to_hf  # noqa: E402
+from mae.io.hf import config_to_hf  # noqa: E402
 from mae.layers import explicit_attention  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
