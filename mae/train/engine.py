@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from .checkpoint import (
     Checkpoint,
@@ -31,7 +31,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RESUMABLE_FIELDS, TrainConfig
-from .data import build_data
+from .data import build_data, build_loader, normalize_on_device
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
 from .metrics import MetricsLog, require_tensorboard
@@ -139,12 +139,10 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: Checkpoint | 
     device = info.device
     model_cfg = config.model_config
 
-    # ---- data: every process sees its own shard; DistributedSampler(set_epoch) reshuffles per epoch
+    # ---- data: every process sees its own part; loader.set_epoch reshuffles per epoch. Batches are uint8.
     data = build_data(config, model_cfg.num_patches)
-    sampler = DistributedSampler(data.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=config.seed, drop_last=False)
-    loader = DataLoader(data.dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        drop_last=True, pin_memory=device.type == "cuda")
+    loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
+                          world_size=info.world_size, seed=config.seed, pin_memory=device.type == "cuda")
     if len(loader) == 0:
         raise ValueError(
             f"{len(data.dataset)} samples per epoch give no full batch of batch_size={config.batch_size} on each of "
@@ -191,8 +189,7 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: Checkpoint | 
     last_loss, epochs_done = None, start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
-            sampler.set_epoch(epoch)
-            data.dataset.set_epoch(epoch)
+            loader.set_epoch(epoch)
             t0 = time.perf_counter()
             global_step, epoch_loss = train_one_epoch(
                 forward, loader, optimizer, scaler, plan=plan, config=config, info=info, ddp=ddp, epoch=epoch,
@@ -203,11 +200,13 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: Checkpoint | 
             images = len(loader) * config.batch_size * info.world_size
             done = epochs_done = epoch + 1
             summary = {"kind": "epoch", "epoch": done, "step": global_step, "loss": epoch_loss,
-                       "lr": optimizer.param_groups[0]["lr"], "img_per_s": images / seconds, "seconds": seconds}
+                       "lr": optimizer.param_groups[0]["lr"], "img_per_s": images / seconds, "seconds": seconds,
+                       "data_wait": loader.wait_seconds / seconds}  # share of the epoch spent waiting for batches
             metrics.log(summary)
             if info.is_main:
                 tqdm.write(f"epoch {done}/{config.epochs}  step {global_step}  loss {epoch_loss:.4f}  "
-                           f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s")
+                           f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s  "
+                           f"data wait {summary['data_wait']:.0%}")
             stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
             keep = bool(config.keep_every) and done % config.keep_every == 0
             if info.is_main and (done % config.save_every == 0 or keep or done == config.epochs or stopping):
@@ -251,7 +250,7 @@ def train_one_epoch(
             lr = plan.lr_at(global_step, config.min_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-        imgs = imgs.to(plan.device, non_blocking=True)  # (B, C, H, W)
+        imgs = normalize_on_device(imgs.to(plan.device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)  # (B, C, H, W)
         noise = noise.to(plan.device, non_blocking=True)  # (B, L)
         # Gradients are all-reduced only on the group's last micro-batch.
         sync = ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext()
