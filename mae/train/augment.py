@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from .decode import decode_rgb, read_header
 
@@ -33,6 +34,7 @@ __all__ = [
     "CropBox",
     "augment_sample",
     "center_view",
+    "collate_samples",
     "crop_resize",
     "normalize_on_device",
     "random_resized_crop",
@@ -45,6 +47,10 @@ CROP_SCALE = (0.2, 1.0)  # Sec. A.1: RandomResizedCrop's area range, as in the a
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's default aspect-ratio range
 # torchvision draws the log aspect ratio between float32 logs of the bounds: the same float32 values give the same draws
 _LOG_RATIO = torch.log(torch.tensor(CROP_RATIO)).tolist()
+
+# DCT scaling stops where the crop is still REDUCING_GAP times the output side, so the bicubic filter, not the DCT,
+# shapes the result (Pillow's Image.thumbnail uses the same rule with draft(), reducing_gap=2.0)
+REDUCING_GAP = 2.0
 
 Source = bytes | np.ndarray  # an encoded image file, or decoded RGB uint8 pixels (H, W, 3)
 
@@ -99,13 +105,15 @@ def crop_resize(pixels: np.ndarray, box: CropBox, size: int, flip: bool = False)
     """Crop ``box`` out of RGB uint8 pixels (H, W, 3), resize it to (size, size) with antialiased bicubic, flip.
 
     Returns:
-        uint8 tensor (3, size, size).
+        uint8 tensor (3, size, size) in channels-last memory (its pixels are (R, G, B) triples, like the file's):
+        making it contiguous would cost a transposition here, while ``collate_samples`` stacks such tensors as they
+        are and ``normalize_on_device`` lays the batch out on the device.
     """
     crop = torch.from_numpy(pixels[box.top:box.top + box.height, box.left:box.left + box.width])  # (h, w, 3) view
     # channels-last is the layout of torch's vectorised uint8 resampling kernels
     x = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, 3, h, w)
     out = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]  # (3, s, s)
-    return (out.flip(-1) if flip else out).contiguous()
+    return out.flip(-1) if flip else out
 
 
 def _decoded(source: Source, name: str, box: CropBox, full: tuple[int, int], size: int) -> tuple[np.ndarray, CropBox]:
@@ -113,7 +121,8 @@ def _decoded(source: Source, name: str, box: CropBox, full: tuple[int, int], siz
     if isinstance(source, np.ndarray):
         return source, box
     width, height = full
-    min_size = (math.ceil(width * size / box.width), math.ceil(height * size / box.height))
+    target = size * REDUCING_GAP  # the crop's side after DCT scaling must stay >= target
+    min_size = (math.ceil(width * target / box.width), math.ceil(height * target / box.height))
     pixels = decode_rgb(source, name, min_size=min_size)
     h, w = pixels.shape[:2]
     if (w, h) == (width, height):
@@ -176,4 +185,16 @@ def normalize_on_device(batch: Tensor, mean: Sequence[float], std: Sequence[floa
         raise TypeError(f"batch must be a uint8 tensor (B, C, H, W), got {batch.dtype} of shape {tuple(batch.shape)}")
     mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    return (batch.float().div(255) - mean_t) / std_t  # (B, C, H, W)
+    x = batch.to(torch.float32, memory_format=torch.contiguous_format)  # channels-last uint8 -> contiguous float
+    return (x.div(255) - mean_t) / std_t  # (B, C, H, W)
+
+
+def collate_samples(samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Batch ``(image uint8 (3, S, S), noise (L,))`` samples: images (B, 3, S, S) stored channels-last, noise (B, L).
+
+    In a data-loader worker the batch is written straight into shared memory (as torch's default collate does), so
+    the main process receives it without another copy.
+    """
+    images, noise = zip(*samples, strict=True)
+    pixels = default_collate([im.permute(1, 2, 0) for im in images])  # (B, S, S, 3): no transposition to copy
+    return pixels.permute(0, 3, 1, 2), default_collate(list(noise))  # (B, 3, S, S) channels-last, (B, L)

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
-from .augment import center_view, normalize_on_device
+from .augment import center_view, collate_samples, normalize_on_device
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
@@ -114,5 +114,5 @@ def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, nu
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                      drop_last=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
-                        pin_memory=pin_memory)
+                        pin_memory=pin_memory, collate_fn=collate_samples)
     return Batches(loader, sampler)

@@ -120,5 +120,5 @@ def to_rgb_array(im: Image.Image, name: str) -> np.ndarray:
             "defined; convert it to an 8- or 16-bit image"
         )
     else:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns about read-only arrays
     return np.repeat(grey[:, :, None], 3, axis=2)  # grey -> RGB
