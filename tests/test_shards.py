@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 
 import numpy as np
@@ -140,3 +141,26 @@ def test_bad_shards_are_named(tmp_path):
         data.sample(1)
     with pytest.raises(FileNotFoundError, match="do not exist"):
         resolve_shards(str(tmp_path / "missing-{0..1}.tar"))
+
+
+@pytest.mark.slow
+def test_pretrain_on_shards_end_to_end_reports_data_wait(tmp_path):
+    from mae.train import TrainConfig, pretrain
+    from mae.train.metrics import read_metrics
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "src").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.jpg")
+    assert make_shards([str(tmp_path / "src"), str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    tiny = {"embed_dim": 64, "depth": 2, "num_heads": 4, "decoder_embed_dim": 32, "decoder_depth": 1,
+            "decoder_num_heads": 4}
+    config = TrainConfig(data=str(tmp_path / "shards"), img_size=32, patch_size=8, model_overrides=tiny, batch_size=4,
+                         num_workers=0, epochs=2, warmup_epochs=0.5, blr=1e-2, progress=False, keep_every=0,
+                         figures=False, output_dir=str(tmp_path / "runs"), name="shards")
+    result = pretrain(config)
+    assert result.global_step == 6 and math.isfinite(result.last_loss)  # 12 images / batch 4 = 3 steps per epoch
+    resolved = json.loads((result.run_dir / "train_config.json").read_text())
+    assert resolved["data"]["format"] == "tar shards" and resolved["data"]["num_images"] == 12
+    epochs = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(0.0 <= r["data_wait"] <= 1.0 for r in epochs)
