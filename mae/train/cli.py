@@ -26,7 +26,8 @@ _HELP = {
     "mask_ratio": "fraction of patches removed",
     "norm_pix_loss": "reconstruct per-patch normalised pixels (the paper's best features)",
     "model_overrides": "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)",
-    "data": "folder of images, flat or one subfolder per class; default: scikit-image's bundled photographs",
+    "data": "folder of images (flat or one subfolder per class), or tar shards (a mae-make-shards folder, .tar files, "
+            "a brace pattern like 'train-{0000..0099}.tar', several joined by '::'); default: scikit-image's photos",
     "repeat": "each image appears this many times per epoch, with different crops",
     "num_workers": "data-loader processes per training process",
     "batch_size": "images per process per micro-step",

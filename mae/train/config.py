@@ -49,7 +49,7 @@ class TrainConfig:
     norm_pix_loss: bool = False  # Sec. 3: per-patch normalised targets give better features (paper: on)
     model_overrides: dict[str, Any] | None = None  # other MAEConfig fields, e.g. {"depth": 6} for an ablation
     # data
-    data: str | None = None  # folder of images (flat or class subfolders); None: scikit-image's photographs
+    data: str | None = None  # image folder (flat or class subfolders) or tar shards; None: scikit-image's photographs
     repeat: int | None = None  # images per epoch = repeat * dataset size (demo 32, --data 1)
     num_workers: int = 2  # data-loader processes per training process
     # optimisation
