@@ -222,7 +222,7 @@ class ShardSamples(IterableDataset):
         if s not in files:
             if len(files) >= 8:
                 files.pop(next(iter(files))).close()
-            files[s] = open(self.shards[s], "rb")  # noqa: SIM115 (closed when evicted or when the epoch ends)
+            files[s] = open(self.shards[s], "rb")  # closed when evicted or when the epoch ends
         f = files[s]
         f.seek(offset)
         return f.read(size), s, offset
