@@ -16,6 +16,7 @@ What is faster than torchvision's PIL transforms, and why the output is the same
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -183,10 +184,16 @@ def normalize_on_device(batch: Tensor, mean: Sequence[float], std: Sequence[floa
     """
     if batch.dtype != torch.uint8 or batch.ndim != 4:
         raise TypeError(f"batch must be a uint8 tensor (B, C, H, W), got {batch.dtype} of shape {tuple(batch.shape)}")
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), batch.device)
     x = batch.to(torch.float32, memory_format=torch.contiguous_format)  # channels-last uint8 -> contiguous float
     return (x.div(255) - mean_t) / std_t  # (B, C, H, W)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(1, C, 1, 1) float32 tensors on ``device``, made once: a copy to the GPU at every step would wait for it."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
 
 def collate_samples(samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
