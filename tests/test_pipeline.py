@@ -127,3 +127,29 @@ def test_pillow_fallback_decodes_jpeg_like_libjpeg_turbo(monkeypatch):
     plain = [augment_sample(data, "a.jpg", size=224, num_patches=4, seed=1, epoch=0, index=i)[0] for i in range(4)]
     for a, b in zip(fast, plain, strict=True):
         assert (a.float() - b.float()).abs().mean() < 1.0
+
+
+def test_batches_measure_the_wait_for_data():
+    """``Batches.wait_seconds`` counts the time spent getting batches, not the time the loop spends on them."""
+    import time
+
+    from mae.train.data import build_loader
+
+    class Slow(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            time.sleep(0.05)
+            return torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(1)
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    batches = build_loader(Slow(), batch_size=2, num_workers=0, rank=0, world_size=1, seed=0, pin_memory=False)
+    batches.set_epoch(0)
+    for _ in batches:
+        time.sleep(0.3)  # the "training step"
+    assert len(batches) == 2 and 0.18 <= batches.wait_seconds < 0.5  # 4 samples x 50 ms, not the 2 x 300 ms steps
+    batches.set_epoch(1)
+    assert batches.wait_seconds == 0.0
