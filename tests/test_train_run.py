@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 import mae.functional
 from mae import MAEConfig, MaskedAutoEncoder
+from mae.config import IMAGENET_MEAN, IMAGENET_STD
 from mae.train import NonFiniteLossError, TrainConfig, pretrain
 from mae.train.checkpoint import read_train_checkpoint
 from mae.train.cli import main
-from mae.train.data import build_data
+from mae.train.data import build_data, normalize_on_device
 from mae.train.metrics import read_metrics
 from mae.train.optim import build_optimizer
 
@@ -195,6 +196,7 @@ def test_accumulation_steps_on_the_last_partial_group(tmp_path, monkeypatch):
                 p.copy_(w)
                 p.grad = None
         imgs, noise = (torch.stack(t) for t in zip(*(samples[i] for i in group), strict=True))
+        imgs = normalize_on_device(imgs, IMAGENET_MEAN, IMAGENET_STD)  # what the training step does on its device
         model(imgs, noise=noise).loss.backward()
         for p, g in zip(params, grads, strict=True):
             torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)

@@ -1,15 +1,13 @@
-"""Unit tests of the pretraining pieces: schedule, optimizer groups, config checks, data, checkpoints."""
+"""Unit tests of the pretraining pieces: schedule, optimizer groups, config checks, checkpoints (data: test_datasets)"""
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mae import create_model
 from mae.train import TrainConfig, lr_at_step, param_groups, scaled_lr
@@ -21,7 +19,6 @@ from mae.train.checkpoint import (
     restore_rng_state,
     write_train_checkpoint,
 )
-from mae.train.data import ImageFiles, PretrainSamples, UnreadableImageError, scan_image_folder, train_transform
 from mae.train.optim import build_optimizer
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
@@ -32,13 +29,6 @@ def tiny_model():
     torch.manual_seed(0)
     return create_model("mae_vit_tiny_patch16", **TINY)
 
-
-def write_images(folder, n, size=(40, 48), seed=0):
-    """n small random RGB PNGs in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
 
 # ---------------------------------------------------------------------------------------------- schedule
 
@@ -129,82 +119,6 @@ def test_defaults_follow_the_data_source():
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def test_scan_finds_tree_and_flat_folders(tmp_path):
-    write_images(tmp_path / "tree" / "cats", 2)
-    write_images(tmp_path / "tree" / "dogs", 3)
-    write_images(tmp_path / "flat", 4)
-    tree, skipped = scan_image_folder(tmp_path / "tree")
-    assert len(tree) == 5 and not skipped and tree == sorted(tree)
-    flat, _ = scan_image_folder(tmp_path / "flat")
-    assert len(flat) == 4
-
-
-def test_scan_skips_corrupt_files_with_a_count(tmp_path):
-    write_images(tmp_path, 3)
-    (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
-    (tmp_path / "empty.png").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
-    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image file\(s\) out of 5"):
-        readable, skipped = scan_image_folder(tmp_path)
-    assert len(readable) == 3 and sorted(p.name for p in skipped) == ["broken.jpg", "empty.png"]
-
-
-def test_scan_errors(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        scan_image_folder(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no image file"):
-        scan_image_folder(tmp_path / "empty")
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
-    with warnings.catch_warnings(), pytest.raises(ValueError, match="none of its 1 image files could be read"):
-        warnings.simplefilter("ignore")
-        scan_image_folder(tmp_path / "bad")
-
-
-def test_samples_are_a_function_of_seed_epoch_index():
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
-    ds = PretrainSamples([photo, photo], train_transform(16), num_patches=4, seed=3, repeat=2)
-    assert len(ds) == 4
-    img, noise = ds[1]
-    assert img.shape == (3, 16, 16) and noise.shape == (4,)
-    torch.manual_seed(123)  # the global generator must neither matter nor be disturbed
-    before = torch.get_rng_state()
-    again = ds[1]
-    assert torch.equal(torch.get_rng_state(), before)
-    assert torch.equal(img, again[0]) and torch.equal(noise, again[1])
-    assert not torch.equal(ds[3][1], noise)  # another index: another crop and mask
-    ds.set_epoch(1)
-    assert not torch.equal(ds[1][1], noise)  # another epoch: another draw
-
-
-def test_samples_do_not_depend_on_the_number_of_workers():
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
-    ds = PretrainSamples([photo] * 4, train_transform(16), num_patches=4, seed=0, repeat=2)
-    ds.set_epoch(3)
-    batches = {}
-    for workers in (0, 2):
-        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
-        batches[workers] = [torch.cat([img.flatten(1), noise], 1) for img, noise in loader]
-    for a, b in zip(batches[0], batches[2], strict=True):
-        assert torch.equal(a, b)
-
-
-def test_a_file_that_cannot_be_decoded_stops_with_its_name(tmp_path):
-    write_images(tmp_path, 1)
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(tmp_path / "cut.jpg")
-    full = (tmp_path / "cut.jpg").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])  # header intact, pixel data cut
-    readable, skipped = scan_image_folder(tmp_path)
-    assert len(readable) == 2 and not skipped  # the scan only reads headers
-    with pytest.raises(UnreadableImageError, match=r"cut\.jpg.*cannot be decoded"):
-        ImageFiles(readable)[0]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -69,8 +69,9 @@ class TrainConfig:
     model_overrides: dict[str, Any] | None = _opt(
         None, "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)")
     # data
-    data: str | None = _opt(None, "folder of images, flat or one subfolder per class; default: scikit-image's "
-                                  "bundled photographs")
+    data: str | None = _opt(None, "folder of images (flat or one subfolder per class), or tar shards (a "
+                                  "mae-make-shards folder, .tar files, a brace pattern like 'train-{0000..0099}.tar', "
+                                  "several joined by '::'); default: scikit-image's bundled photographs")
     repeat: int | None = _opt(None, "each image appears this many times per epoch, with different crops")
     num_workers: int = _opt(2, "data-loader processes per training process")
     # optimisation

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from .checkpoint import (
     TrainCheckpoint,
@@ -31,7 +31,7 @@ from .checkpoint import (
     write_train_checkpoint,
 )
 from .config import TrainConfig
-from .data import build_data
+from .data import Batches, build_data, build_loader, normalize_on_device
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
 from .metrics import MetricsLog, require_tensorboard
@@ -141,20 +141,20 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 
 def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoint | None) -> TrainResult:
     """The run, step by step: data, run folder (locked), then ``_train``."""
-    data, sampler, loader = _build_loader(config, info)
+    data, loader = _build_loader(config, info)
     with contextlib.ExitStack() as held:
         # Inputs are valid: only now is the run folder created (or, with --overwrite, the previous run deleted).
         if info.is_main:
             held.enter_context(RunLock(run_dir))
             prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
         barrier(info)
-        return _train(config, info, run_dir, ckpt, (data, sampler, loader))
+        return _train(config, info, run_dir, ckpt, (data, loader))
 
 
 def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoint | None,
-           inputs: tuple[Any, DistributedSampler, DataLoader]) -> TrainResult:
+           inputs: tuple[Any, Batches]) -> TrainResult:
     """Plan, model, records, epochs, figures."""
-    data, sampler, loader = inputs
+    data, loader = inputs
     plan = _make_plan(config, info, len(loader))
     loop = _build_loop(config, plan, info, ckpt)
     if info.is_main and ckpt is not None:
@@ -166,8 +166,7 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
     last_loss, epochs_done = None, loop.start_epoch
     try:
         for epoch in range(loop.start_epoch, config.epochs):
-            sampler.set_epoch(epoch)
-            data.dataset.set_epoch(epoch)
+            loader.set_epoch(epoch)
             last_loss = _epoch(loop, loader, epoch, run_dir)
             epochs_done = epoch + 1
             if config.stop_after_epoch is not None and epochs_done >= config.stop_after_epoch:
@@ -182,19 +181,17 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
     return TrainResult(run_dir, loop.model, epochs_done, loop.global_step, last_loss)
 
 
-def _build_loader(config: TrainConfig, info: DistInfo) -> tuple[Any, DistributedSampler, DataLoader]:
-    """Every process sees its own shard; ``DistributedSampler.set_epoch`` reshuffles per epoch."""
+def _build_loader(config: TrainConfig, info: DistInfo) -> tuple[Any, Batches]:
+    """Every process reads its own part; ``loader.set_epoch`` reshuffles per epoch. Batches are uint8."""
     data = build_data(config, config.model_config.num_patches)
-    sampler = DistributedSampler(data.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=config.seed, drop_last=False)
-    loader = DataLoader(data.dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        drop_last=True, pin_memory=info.device.type == "cuda")
+    loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
+                          world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda")
     if len(loader) == 0:
         raise ValueError(
             f"{len(data.dataset)} samples per epoch give no full batch of batch_size={config.batch_size} on each of "
             f"{info.world_size} process(es); lower --batch-size or raise --repeat"
         )
-    return data, sampler, loader
+    return data, loader
 
 
 def _make_plan(config: TrainConfig, info: DistInfo, batches_per_epoch: int) -> _Plan:
@@ -231,7 +228,7 @@ def _build_loop(config: TrainConfig, plan: _Plan, info: DistInfo, ckpt: TrainChe
                  start_epoch=start_epoch, last_checkpoint=ckpt.path if ckpt is not None else None)
 
 
-def _epoch(loop: _Loop, loader: DataLoader, epoch: int, run_dir: Path) -> float:
+def _epoch(loop: _Loop, loader: Batches, epoch: int, run_dir: Path) -> float:
     """Train one epoch, log its summary, and write the checkpoints it is due. Returns its mean loss."""
     config, info = loop.config, loop.info
     t0 = time.perf_counter()
@@ -240,11 +237,13 @@ def _epoch(loop: _Loop, loader: DataLoader, epoch: int, run_dir: Path) -> float:
     images = len(loader) * config.batch_size * info.world_size
     done = epoch + 1
     summary = {"kind": "epoch", "epoch": done, "step": loop.global_step, "loss": epoch_loss,
-               "lr": loop.optimizer.param_groups[0]["lr"], "img_per_s": images / seconds, "seconds": seconds}
+               "lr": loop.optimizer.param_groups[0]["lr"], "img_per_s": images / seconds, "seconds": seconds,
+               "data_wait": loader.wait_seconds / seconds}  # share of the epoch spent waiting for batches
     loop.metrics.log(summary)
     if info.is_main:
         tqdm.write(f"epoch {done}/{config.epochs}  step {loop.global_step}  loss {epoch_loss:.4f}  "
-                   f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s")
+                   f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s  "
+                   f"data wait {summary['data_wait']:.0%}")
     stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
     keep = bool(config.keep_every) and done % config.keep_every == 0
     if done % config.save_every == 0 or keep or done == config.epochs or stopping:
@@ -291,7 +290,7 @@ def _kept(loop: _Loop) -> str:
     return "no checkpoint had been written yet (start again rather than --resume)"
 
 
-def train_one_epoch(loop: _Loop, loader: DataLoader, epoch: int) -> float:
+def train_one_epoch(loop: _Loop, loader: Batches, epoch: int) -> float:
     """One pass over ``loader``; advances ``loop.global_step``. Returns the mean loss of its optimizer steps."""
     config, plan = loop.config, loop.plan
     n = len(loader)
@@ -336,7 +335,7 @@ def _micro_step(loop: _Loop, imgs: torch.Tensor, noise: torch.Tensor, group: int
     """Forward and backward of one micro-batch (gradients all-reduced only when ``sync``); returns its loss."""
     plan = loop.plan
     autocast_dtype = _AUTOCAST_DTYPES.get(plan.precision)
-    imgs = imgs.to(plan.device, non_blocking=True)  # (B, C, H, W)
+    imgs = normalize_on_device(imgs.to(plan.device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)  # (B, C, H, W)
     noise = noise.to(plan.device, non_blocking=True)  # (B, L)
     no_sync = loop.ddp.no_sync() if loop.ddp is not None and not sync else contextlib.nullcontext()
     with no_sync:
