@@ -16,16 +16,18 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:  # pillow and torchvision belong to the train extra: imported where used (mae.train.extra)
+    from PIL import Image
+    from torchvision import transforms
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -54,6 +56,7 @@ SKIMAGE_HELD_OUT = ("chelsea", "coffee")  # never trained on; used for the recon
 
 def skimage_photos(names: Sequence[str]) -> list[Image.Image]:
     """Load scikit-image's bundled photographs as RGB PIL images (``stereo_motorcycle``: its left view)."""
+    from PIL import Image
     from skimage import data as skdata
 
     photos = []
@@ -68,6 +71,8 @@ def skimage_photos(names: Sequence[str]) -> list[Image.Image]:
 
 
 def _is_readable_image(path: Path) -> bool:
+    from PIL import Image
+
     try:
         with Image.open(path) as im:
             im.verify()  # parses the header (and, for PNG, the chunk checksums) without decoding the pixels
@@ -134,6 +139,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Image.Image:
+        from PIL import Image
+
         path = self.paths[index]
         try:
             with Image.open(path) as im:
@@ -147,6 +154,8 @@ class ImageFiles(Dataset):
 
 def train_transform(img_size: int) -> transforms.Compose:
     """The paper's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + flip + ImageNet normalisation."""
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(),
@@ -157,6 +166,8 @@ def train_transform(img_size: int) -> transforms.Compose:
 
 def eval_transform(img_size: int) -> transforms.Compose:
     """Deterministic view for figures: resize the short side, centre crop, normalise."""
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.Resize(img_size, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(img_size),

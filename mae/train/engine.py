@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..model import MaskedAutoEncoder
@@ -33,6 +32,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import build_data
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from .extra import require_train_extra
 from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
 from .metrics import MetricsLog, require_tensorboard
 from .optim import build_optimizer
@@ -111,6 +111,7 @@ def pretrain(
         ValueError: bad configuration, data, output folder or checkpoint (nothing is written in that case).
         NonFiniteLossError: the loss or the weights diverged; the last good checkpoint is left as it was.
     """
+    require_train_extra("mae.train.pretrain")
     ckpt = resume if isinstance(resume, TrainCheckpoint) or resume is None else read_train_checkpoint(resume)
     if ckpt is not None:
         check_resumable(config, ckpt)
@@ -176,9 +177,9 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
         loop.metrics.close()
     if info.is_main and config.figures:
         save_figures(run_dir, loop.model, data.figure_images, caption=data.figure_caption, seed=config.seed)
-        tqdm.write(f"loss curve: {run_dir / LOSS_FIGURE}\nreconstructions: {run_dir / RECONSTRUCTION_FIGURE}")
+        _say(f"loss curve: {run_dir / LOSS_FIGURE}\nreconstructions: {run_dir / RECONSTRUCTION_FIGURE}")
     if info.is_main:
-        tqdm.write(f"run folder: {run_dir}")
+        _say(f"run folder: {run_dir}")
     return TrainResult(run_dir, loop.model, epochs_done, loop.global_step, last_loss)
 
 
@@ -243,7 +244,7 @@ def _epoch(loop: _Loop, loader: DataLoader, epoch: int, run_dir: Path) -> float:
                "lr": loop.optimizer.param_groups[0]["lr"], "img_per_s": images / seconds, "seconds": seconds}
     loop.metrics.log(summary)
     if info.is_main:
-        tqdm.write(f"epoch {done}/{config.epochs}  step {loop.global_step}  loss {epoch_loss:.4f}  "
+        _say(f"epoch {done}/{config.epochs}  step {loop.global_step}  loss {epoch_loss:.4f}  "
                    f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s")
     stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
     keep = bool(config.keep_every) and done % config.keep_every == 0
@@ -285,6 +286,13 @@ def _check_finite_weights(loop: _Loop, done: int) -> None:
         )
 
 
+def _say(line: str) -> None:
+    """Print a line without breaking a progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
 def _kept(loop: _Loop) -> str:
     if loop.last_checkpoint is not None:
         return f"the last good checkpoint is kept at {loop.last_checkpoint}"
@@ -293,6 +301,8 @@ def _kept(loop: _Loop) -> str:
 
 def train_one_epoch(loop: _Loop, loader: DataLoader, epoch: int) -> float:
     """One pass over ``loader``; advances ``loop.global_step``. Returns the mean loss of its optimizer steps."""
+    from tqdm.auto import tqdm  # the train extra's packages are imported where used (mae.train.extra)
+
     config, plan = loop.config, loop.plan
     n = len(loader)
     bar = tqdm(total=math.ceil(n / config.accum_iter), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
