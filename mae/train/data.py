@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
+from .. import functional as MF
+from ..config import IMAGENET_MEAN, IMAGENET_STD, check_masking
 
 if TYPE_CHECKING:  # pillow and torchvision belong to the train extra: imported where used (mae.train.extra)
     from PIL import Image
@@ -185,13 +186,23 @@ class PretrainSamples(Dataset):
         num_patches: L, the length of the masking noise.
         seed: run seed.
         repeat: each image appears ``repeat`` times per epoch (with different crops), for tiny datasets.
+        masking: "random" (the paper's), "block" or "grid" (Table 1f): the noise then ranks that strategy's kept
+            patches first, so the model's argsort masking removes exactly the patches the strategy chose.
+        grid_size: the (gh, gw) patch grid (gh * gw = num_patches); needed for "block" and "grid".
+        mask_ratio: the model's mask ratio; needed for "block" and "grid".
     """
 
-    def __init__(self, images, transform, *, num_patches: int, seed: int, repeat: int = 1) -> None:
+    def __init__(self, images, transform, *, num_patches: int, seed: int, repeat: int = 1, masking: str = "random",
+                 grid_size: tuple[int, int] | None = None, mask_ratio: float = 0.75) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
+        if masking != "random" and (grid_size is None or grid_size[0] * grid_size[1] != num_patches):
+            raise ValueError(f"masking {masking!r} needs grid_size (gh, gw) with gh * gw = num_patches "
+                             f"({num_patches}), got {grid_size!r}")
+        self.masking = check_masking(masking, mask_ratio, grid_size or (1, num_patches))
         self.images, self.transform = images, transform
         self.num_patches, self.seed, self.repeat = num_patches, seed, repeat
+        self.grid_size, self.mask_ratio = grid_size, mask_ratio
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -208,8 +219,15 @@ class PretrainSamples(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             img = self.transform(image)  # (C, H, W)
-            noise = torch.rand(self.num_patches)  # (L,) small = kept, as in random_masking
+            noise = self._masking_noise()  # (L,) small = kept, as in random_masking
         return img, noise
+
+    def _masking_noise(self) -> Tensor:
+        if self.masking == "random":
+            return torch.rand(self.num_patches)  # (L,)
+        draw = MF.block_mask if self.masking == "block" else MF.grid_mask
+        removed = draw(1, self.grid_size, self.mask_ratio)  # (1, L) 1 = removed, from the generator seeded above
+        return MF.mask_to_noise(removed)[0]  # (L,) the kept patches rank first
 
 
 class RunData(NamedTuple):
@@ -240,7 +258,9 @@ def build_data(config, num_patches: int) -> RunData:
         caption = f"training images from {config.data}"
         description = {"source": str(config.data), "num_files": len(paths), "num_skipped": len(skipped),
                        "skipped_examples": [str(p) for p in skipped[:10]]}
+    model = config.model_config
     dataset = PretrainSamples(images, train_transform(config.img_size), num_patches=num_patches, seed=config.seed,
-                              repeat=config.repeat)
+                              repeat=config.repeat, masking=model.masking, grid_size=model.grid_size,
+                              mask_ratio=model.mask_ratio)
     description.update(num_images=len(images), repeat=config.repeat, samples_per_epoch=len(dataset))
     return RunData(dataset, figure, caption, description)
