@@ -3,6 +3,7 @@ its commands name exists."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -88,3 +89,20 @@ def test_pretraining_section_names_only_existing_flags():
     quoted = {f for span in re.findall(r"`([^`\n]*)`", section) for f in re.findall(r"(?<!\S)--[a-z][a-z0-9-]*", span)}
     help_flags = set(re.findall(r"--[a-z][a-z0-9-]*", build_parser().format_help()))
     assert quoted and not sorted(quoted - help_flags), sorted(quoted - help_flags)
+
+
+def test_every_promise_names_an_existing_test():
+    """The "What we promise" section pins each promise to a test: every test it names must exist."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## What we promise")
+    section = text[start:text.index("\n## ", start + 1)]
+    for heading in ("**Never lost**", "**Refused", "**Skipped"):
+        assert heading in section
+    named = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", section)
+    assert len(named) >= 20
+    for path, name in named:
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert name in defined, f"README promises {path}::{name}, which does not exist"
+    for bullet in re.split(r"\n- ", section)[1:]:  # every promise names at least one test
+        assert "::test_" in bullet, bullet
