@@ -21,22 +21,19 @@ import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-try:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-except ImportError as err:  # the core package does not need matplotlib; only this module does
-    raise ImportError("mae.visualize needs matplotlib (>= 3.8): pip install matplotlib") from err
-
 from . import functional as MF
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .io.atomic import atomic_write
 from .model import MaskedAutoEncoder
+
+if TYPE_CHECKING:  # matplotlib is optional (the train extra): imported where a figure is made
+    from matplotlib.figure import Figure
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -183,6 +180,12 @@ def _save_png_atomic(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Pat
 
 
 def _new_figure(width: float, height: float) -> Figure:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:  # the core package does not need matplotlib; only figures do
+        raise ImportError("mae.visualize's figures need matplotlib (>= 3.8): pip install 'mae-pytorch[train]' "
+                          "or pip install matplotlib") from err
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # attach an Agg canvas to this figure only; the global backend is left alone
     return fig

@@ -186,7 +186,7 @@ def test_accumulation_steps_on_the_last_partial_group(tmp_path, monkeypatch):
     assert len(seen) == 3
 
     # Independent replay: the sampler's order for epoch 0, grouped [4, 4, 2] samples, each group as ONE batch.
-    samples = build_data(cfg, cfg.model_config.num_patches).dataset
+    samples = build_data(cfg).dataset
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     model = MaskedAutoEncoder.from_config(cfg.model_config)
     params = [p for g in build_optimizer(model, lr=1.0, weight_decay=0.05).param_groups for p in g["params"]]

@@ -4,7 +4,8 @@
     >>> result = pretrain(TrainConfig(epochs=2, name="demo"))   # scikit-image photographs, CPU friendly
     >>> result.run_dir                                           # runs/demo: config, metrics, checkpoints, figures
 
-This package needs the ``train`` extra: ``pip install 'mae-pytorch[train]'``.
+Training needs the ``train`` extra (``pip install 'mae-pytorch[train]'``); without it this package still imports,
+and ``pretrain`` and ``mae-pretrain`` say in one line what to install (``mae.train.extra``).
 """
 
 from .checkpoint import TrainCheckpoint, read_train_checkpoint, write_train_checkpoint

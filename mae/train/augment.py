@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from .. import functional as MF
 from .decode import decode_rgb, read_header
 
 __all__ = [
@@ -166,14 +167,34 @@ def center_view(source: Source, name: str, size: int) -> Tensor:
     return crop_resize(pixels, box, size)
 
 
-def augment_sample(source: Source, name: str, *, size: int, num_patches: int, seed: int, epoch: int,
+class NoiseSpec(NamedTuple):
+    """What each sample's masking noise encodes: L patches, and the model's masking strategy on its grid.
+
+    The model ranks patches by this noise (small = kept, ``random_masking``). For "random" it is uniform in [0, 1);
+    for "block" and "grid" (Table 1f) it ranks that strategy's kept patches first (``mask_to_noise``), so the one
+    argsort masking removes exactly the strategy's patches, and the masks are a pure function of the sample's seed.
+    """
+
+    num_patches: int
+    masking: str = "random"
+    grid_size: tuple[int, int] | None = None  # (gh, gw); needed for "block" and "grid"
+    mask_ratio: float = 0.75
+
+    def draw(self, generator: torch.Generator) -> Tensor:
+        if self.masking == "random":
+            return torch.rand(self.num_patches, generator=generator)  # (L,)
+        strategy = MF.block_mask if self.masking == "block" else MF.grid_mask
+        removed = strategy(1, self.grid_size, self.mask_ratio, generator=generator)  # (1, L) 1 = removed
+        return MF.mask_to_noise(removed, generator=generator)[0]  # (L,) the kept patches rank first
+
+
+def augment_sample(source: Source, name: str, *, size: int, noise: NoiseSpec, seed: int, epoch: int,
                    index: int) -> tuple[Tensor, Tensor]:
-    """One training sample: ``(image uint8 (3, size, size), masking noise (num_patches,))``, a pure function of
-    ``(source, seed, epoch, index)``. The noise is uniform in [0, 1): small = kept, as in ``random_masking``."""
+    """One training sample: ``(image uint8 (3, size, size), masking noise (L,))``, a pure function of
+    ``(source, seed, epoch, index)``: the crop, the flip and the noise come from the sample's own generator."""
     generator = sample_generator(seed, epoch, index)
     image = random_resized_crop(source, name, size, generator)
-    noise = torch.rand(num_patches, generator=generator)  # (L,)
-    return image, noise
+    return image, noise.draw(generator)  # (3, S, S), (L,)
 
 
 def normalize_on_device(batch: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -18,6 +18,7 @@ from typing import Any
 from .checkpoint import read_train_checkpoint, saved_run_config
 from .config import RESUMABLE_FIELDS, TrainConfig, source_defaults
 from .engine import NonFiniteLossError, pretrain
+from .extra import MissingTrainExtraError, require_train_extra
 from .resume import run_dir_of
 
 __all__ = ["build_parser", "main"]
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mae-pretrain`` and ``python -m mae.train``. Returns the process exit code."""
+    try:  # before anything else, --help included: one line saying what to install, not a traceback
+        require_train_extra("this command")
+    except MissingTrainExtraError as err:
+        print(f"mae-pretrain: error: {err}", file=sys.stderr)
+        return 2
     args = vars(build_parser().parse_args(argv))
     resume = args.pop("resume", None)
     discard_newer = args.pop("discard_newer", False)

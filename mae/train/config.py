@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._checks import check_bool, check_finite, check_non_negative_int, check_positive_int
-from ..config import MAEConfig, list_models, replace_fields
+from ..config import MASKINGS, MAEConfig, list_models, replace_fields
 
 __all__ = ["DEMO_DEFAULTS", "PAPER_DEFAULTS", "PRECISIONS", "RESUMABLE_FIELDS", "TrainConfig", "source_defaults"]
 
@@ -65,6 +65,9 @@ class TrainConfig:
     img_size: int | None = _opt(None, "square crop size in pixels")
     patch_size: int | None = _opt(None, "patch size (with --data: the preset's)")
     mask_ratio: float = _opt(0.75, "fraction of patches removed (Sec. 4: 0.75 works best)")
+    masking: str = _opt("random", "which patches are removed (Table 1f): random (the paper's), block (BEiT-style "
+                                  "rectangles) or grid (one patch kept per 2x2 cell; needs --mask-ratio 0.75)",
+                        choices=MASKINGS)
     norm_pix_loss: bool = _opt(False, "reconstruct per-patch normalised pixels (Sec. 3: the paper's best features)")
     model_overrides: dict[str, Any] | None = _opt(
         None, "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)")
@@ -138,7 +141,8 @@ class TrainConfig:
         if self.model_overrides is not None:
             if not isinstance(self.model_overrides, dict):
                 raise TypeError(f"model_overrides must be a dict of MAEConfig fields, got {self.model_overrides!r}")
-            own_flags = sorted(set(self.model_overrides) & {"img_size", "patch_size", "mask_ratio", "norm_pix_loss"})
+            own_flags = sorted(set(self.model_overrides) & {"img_size", "patch_size", "mask_ratio", "masking",
+                                                            "norm_pix_loss"})
             if own_flags:
                 raise ValueError(f"model_overrides must not set {own_flags}: they have their own settings")
             if self.model_overrides.get("in_chans", 3) != 3:
@@ -169,7 +173,7 @@ class TrainConfig:
     def model_config(self) -> MAEConfig:
         """The model this run trains."""
         overrides = {"img_size": self.img_size, "patch_size": self.patch_size, "mask_ratio": self.mask_ratio,
-                     "norm_pix_loss": self.norm_pix_loss}
+                     "masking": self.masking, "norm_pix_loss": self.norm_pix_loss}
         return MAEConfig.from_name(self.model, **(self.model_overrides or {}), **overrides)
 
     @property

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
-from .augment import center_view, collate_samples, normalize_on_device
+from .augment import NoiseSpec, center_view, collate_samples, normalize_on_device
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
@@ -33,9 +33,11 @@ class RunData(NamedTuple):
     description: dict  # what the run trained on, saved in train_config.json
 
 
-def build_data(config, num_patches: int) -> RunData:
+def build_data(config) -> RunData:
     """The training samples and the figure batch of a ``TrainConfig``."""
-    size, samples = config.img_size, dict(img_size=config.img_size, num_patches=num_patches, seed=config.seed,
+    model = config.model_config
+    noise = NoiseSpec(model.num_patches, model.masking, model.grid_size, model.mask_ratio)
+    size, samples = config.img_size, dict(img_size=config.img_size, noise=noise, seed=config.seed,
                                           repeat=config.repeat)
     if config.data is None:
         images = skimage_photos(SKIMAGE_TRAIN)

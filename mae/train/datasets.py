@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .augment import Source, augment_sample
+from .augment import NoiseSpec, Source, augment_sample
 from .decode import UnreadableImageError, to_rgb_array
 
 __all__ = [
@@ -65,6 +64,8 @@ def skimage_photos(names: Sequence[str]) -> list[tuple[np.ndarray, str]]:
 
 
 def _is_readable_image(path: Path) -> bool:
+    from PIL import Image  # the train extra's packages are imported where used (mae.train.extra)
+
     try:
         with Image.open(path) as im:
             im.verify()  # parses the header (and, for PNG, the chunk checksums) without decoding the pixels
@@ -150,16 +151,16 @@ class PretrainSamples(Dataset):
         images: indexable, item ``i`` = ``(source, name)``: encoded bytes or RGB uint8 pixels, and a name for errors
             (a list, or ``ImageFiles``).
         img_size: S, the side of the square crops.
-        num_patches: L, the length of the masking noise.
+        noise: the masking noise each sample carries (``NoiseSpec``: L patches and the masking strategy).
         seed: run seed.
         repeat: each image appears ``repeat`` times per epoch (with different crops), for tiny datasets.
     """
 
-    def __init__(self, images, *, img_size: int, num_patches: int, seed: int, repeat: int = 1) -> None:
+    def __init__(self, images, *, img_size: int, noise: NoiseSpec, seed: int, repeat: int = 1) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         self.images, self.img_size = images, img_size
-        self.num_patches, self.seed, self.repeat = num_patches, seed, repeat
+        self.noise, self.seed, self.repeat = noise, seed, repeat
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -175,9 +176,9 @@ class PretrainSamples(Dataset):
 
 
 def sample_or_explain(source: Source, name: str, samples, index: int) -> tuple[Tensor, Tensor]:
-    """``augment_sample`` for a dataset with ``img_size, num_patches, seed, epoch``; decoding errors say what to do."""
+    """``augment_sample`` for a dataset with ``img_size, noise, seed, epoch``; decoding errors say what to do."""
     try:
-        return augment_sample(source, name, size=samples.img_size, num_patches=samples.num_patches,
+        return augment_sample(source, name, size=samples.img_size, noise=samples.noise,
                               seed=samples.seed, epoch=samples.epoch, index=index)
     except UnreadableImageError as err:
         raise UnreadableImageError(

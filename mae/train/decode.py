@@ -13,10 +13,12 @@ in [0, 1] (scaled by 255), and images whose range is unknown (32-bit integers) a
 from __future__ import annotations
 
 import io
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:  # Pillow belongs to the train extra: imported where used (mae.train.extra)
+    from PIL import Image
 
 try:  # optional: the train extra installs it; without it JPEG is decoded by Pillow
     import simplejpeg
@@ -41,6 +43,8 @@ class ImageHeader(NamedTuple):
 
 def read_header(data: bytes, name: str) -> ImageHeader:
     """The size of an encoded image, read from its header only (no pixel is decoded)."""
+    from PIL import Image
+
     try:
         if simplejpeg is not None and data.startswith(_JPEG_MAGIC):
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -63,6 +67,8 @@ def decode_rgb(data: bytes, name: str, *, min_size: tuple[int, int] | None = Non
     Raises:
         UnreadableImageError: the data is not a decodable image, or its pixel values cannot be mapped to 8 bits.
     """
+    from PIL import Image
+
     try:
         if simplejpeg is not None and data.startswith(_JPEG_MAGIC):
             header = read_header(data, name)

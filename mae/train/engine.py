@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import IMAGENET_MEAN, IMAGENET_STD
@@ -33,6 +32,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import Batches, build_data, build_loader, normalize_on_device
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from .extra import require_train_extra
 from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
 from .metrics import MetricsLog, require_tensorboard
 from .optim import build_optimizer
@@ -111,6 +111,7 @@ def pretrain(
         ValueError: bad configuration, data, output folder or checkpoint (nothing is written in that case).
         NonFiniteLossError: the loss or the weights diverged; the last good checkpoint is left as it was.
     """
+    require_train_extra("mae.train.pretrain")
     ckpt = resume if isinstance(resume, TrainCheckpoint) or resume is None else read_train_checkpoint(resume)
     if ckpt is not None:
         check_resumable(config, ckpt)
@@ -175,15 +176,15 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
         loop.metrics.close()
     if info.is_main and config.figures:
         save_figures(run_dir, loop.model, data.figure_images, caption=data.figure_caption, seed=config.seed)
-        tqdm.write(f"loss curve: {run_dir / LOSS_FIGURE}\nreconstructions: {run_dir / RECONSTRUCTION_FIGURE}")
+        _say(f"loss curve: {run_dir / LOSS_FIGURE}\nreconstructions: {run_dir / RECONSTRUCTION_FIGURE}")
     if info.is_main:
-        tqdm.write(f"run folder: {run_dir}")
+        _say(f"run folder: {run_dir}")
     return TrainResult(run_dir, loop.model, epochs_done, loop.global_step, last_loss)
 
 
 def _build_loader(config: TrainConfig, info: DistInfo) -> tuple[Any, Batches]:
     """Every process reads its own part; ``loader.set_epoch`` reshuffles per epoch. Batches are uint8."""
-    data = build_data(config, config.model_config.num_patches)
+    data = build_data(config)
     loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
                           world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda")
     if len(loader) == 0:
@@ -241,9 +242,9 @@ def _epoch(loop: _Loop, loader: Batches, epoch: int, run_dir: Path) -> float:
                "data_wait": loader.wait_seconds / seconds}  # share of the epoch spent waiting for batches
     loop.metrics.log(summary)
     if info.is_main:
-        tqdm.write(f"epoch {done}/{config.epochs}  step {loop.global_step}  loss {epoch_loss:.4f}  "
-                   f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s  "
-                   f"data wait {summary['data_wait']:.0%}")
+        _say(f"epoch {done}/{config.epochs}  step {loop.global_step}  loss {epoch_loss:.4f}  "
+             f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s  "
+             f"data wait {summary['data_wait']:.0%}")
     stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
     keep = bool(config.keep_every) and done % config.keep_every == 0
     if done % config.save_every == 0 or keep or done == config.epochs or stopping:
@@ -284,6 +285,13 @@ def _check_finite_weights(loop: _Loop, done: int) -> None:
         )
 
 
+def _say(line: str) -> None:
+    """Print a line without breaking a progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
 def _kept(loop: _Loop) -> str:
     if loop.last_checkpoint is not None:
         return f"the last good checkpoint is kept at {loop.last_checkpoint}"
@@ -292,6 +300,8 @@ def _kept(loop: _Loop) -> str:
 
 def train_one_epoch(loop: _Loop, loader: Batches, epoch: int) -> float:
     """One pass over ``loader``; advances ``loop.global_step``. Returns the mean loss of its optimizer steps."""
+    from tqdm.auto import tqdm  # the train extra's packages are imported where used (mae.train.extra)
+
     config, plan = loop.config, loop.plan
     n = len(loader)
     bar = tqdm(total=math.ceil(n / config.accum_iter), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",

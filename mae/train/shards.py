@@ -35,7 +35,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .augment import augment_sample
+from .augment import NoiseSpec, augment_sample
 from .datasets import IMAGE_EXTENSIONS
 from .decode import UnreadableImageError
 
@@ -161,7 +161,7 @@ class ShardSamples(IterableDataset):
     each epoch. Indexing happens here, once, in the main process: every shard's headers are read.
     """
 
-    def __init__(self, shards: list[Path], *, img_size: int, num_patches: int, seed: int, repeat: int = 1) -> None:
+    def __init__(self, shards: list[Path], *, img_size: int, noise: NoiseSpec, seed: int, repeat: int = 1) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         if not shards:
@@ -178,7 +178,7 @@ class ShardSamples(IterableDataset):
         # chunks: (global index of the first sample, length), shard by shard
         self.chunks = np.array([(self.starts[s] + i, min(CHUNK, c - i)) for s, c in enumerate(counts)
                                 for i in range(0, c, CHUNK)], np.int64).reshape(-1, 2)
-        self.img_size, self.num_patches, self.seed, self.repeat = img_size, num_patches, seed, repeat
+        self.img_size, self.noise, self.seed, self.repeat = img_size, noise, seed, repeat
         self.epoch, self.rank, self.world_size, self.batch_size = 0, 0, 1, 1
 
     @property
@@ -232,7 +232,7 @@ class ShardSamples(IterableDataset):
         data, s, offset = self.source(index, files)
         try:
             return augment_sample(data, f"{self.shards[s]}@{offset}", size=self.img_size,
-                                  num_patches=self.num_patches, seed=self.seed, epoch=self.epoch, index=index)
+                                  noise=self.noise, seed=self.seed, epoch=self.epoch, index=index)
         except UnreadableImageError as err:
             member = _member_at(self.shards[s], offset)
             raise UnreadableImageError(
