@@ -35,6 +35,7 @@ except ImportError as err:  # the core package does not need matplotlib; only th
     raise ImportError("mae.visualize needs matplotlib (>= 3.8): pip install matplotlib") from err
 
 from . import functional as MF
+from ._checks import check_bool, check_positive_int, check_str
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .model import MaskedAutoEncoder
 
@@ -179,6 +180,9 @@ def _save_png_atomic(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Pat
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path must be a file path for the PNG, got the existing directory {str(path)!r}")
+    for parent in path.parents:  # mkdir would fail with a bare OSError below a file
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"path {str(path)!r} lies below {str(parent)!r}, which is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     # O_EXCL with mode 0o666 (not tempfile.mkstemp's 0o600) so the final file gets the usual umask permissions.
     while True:
@@ -241,10 +245,8 @@ def reconstruction_figure(
     grey. Removed patches in the "masked" column are 0 in the input space, i.e. the dataset mean colour when
     ``mean``/``std`` are given (as in the paper's figures), black otherwise.
     """
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"max_images must be a positive int, got {max_images!r}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    max_images, dpi = check_positive_int(max_images, "max_images"), check_positive_int(dpi, "dpi")
+    title = None if title is None else check_str(title, "title")
     if (mean is None) != (std is None):
         raise ValueError(f"pass both mean and std to undo the input normalisation, or neither; got mean={mean!r}, "
                          f"std={std!r}")
@@ -341,8 +343,7 @@ def loss_curve_figure(
     x, y = _as_1d(steps, "steps"), _as_1d(losses, "losses")
     if len(x) != len(y):
         raise ValueError(f"steps and losses must have the same length, got {len(x)} and {len(y)}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    dpi, title, log_y = check_positive_int(dpi, "dpi"), check_str(title, "title"), check_bool(log_y, "log_y")
     keep = np.isfinite(x) & np.isfinite(y)
     if not keep.any():
         raise ValueError(f"losses has no finite value to plot (got {len(y)} values)")
