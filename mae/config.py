@@ -36,6 +36,7 @@ def check_masking(masking: Any, mask_ratio: float, grid_size: tuple[int, int]) -
     """A masking strategy name that can serve ``mask_ratio`` on a ``grid_size`` patch grid."""
     if not isinstance(masking, str) or masking not in MASKINGS:
         raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}")
+    mask_ratio, grid_size = check_mask_ratio(mask_ratio), to_pair(grid_size, "grid_size")
     if masking == "grid" and (mask_ratio != 0.75 or grid_size[0] % 2 or grid_size[1] % 2):
         raise ValueError(
             f"grid masking keeps one patch of every 2x2 cell: it needs mask_ratio 0.75 and an even patch grid, "

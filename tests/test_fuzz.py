@@ -10,6 +10,7 @@ draws good values for the rest, so both the accepting and the refusing side are 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 import mae.functional as MF
 from mae import MAEConfig, MaskedAutoEncoder, create_model
 from mae._checks import check_bool, check_finite, check_mask_ratio, check_positive_int, to_pair
+from mae.config import check_masking
 from mae.layers import Attention, Block, Mlp, PatchEmbedding
 
 ACCEPTED = (ValueError, TypeError, FileNotFoundError)
@@ -65,7 +67,8 @@ def check_call(fn, kwargs: dict, bad: set, *args):
         out = fn(*args, **kwargs)
     except ACCEPTED as err:
         assert bad, f"valid arguments refused: {err!r}\n{kwargs}"
-        assert any(name in str(err) for name in bad), f"{err!r} names none of the bad arguments {sorted(bad)}"
+        named = [n for n in bad if re.search(rf"(?<!\w){n}(?!\w)", str(err))]  # "mask" is not "mask_ratio"
+        assert named, f"{err!r} names none of the bad arguments {sorted(bad)}"
         return None
     assert not bad, f"bad argument(s) {sorted(bad)} accepted: { {n: kwargs[n] for n in bad} }"
     return out
@@ -142,6 +145,15 @@ def test_create_model_arguments(args):
     model = check_call(create_model, kwargs, bad)
     if model is not None:
         assert model.config.num_params == sum(p.numel() for p in model.parameters())
+
+
+SWEEP.append((MAEConfig.from_name, CONFIG, ("mae_vit_test",)))
+SWEEP.append((create_model, {**CONFIG, "device": spec(["meta", None], BAD_DEVICE)}, ("mae_vit_test",)))
+SWEEP.append((check_masking, {
+    "masking": spec(["random", "grid"], CONFIG["masking"][1]),
+    "mask_ratio": spec([0.75, np.float32(0.75)], NOT_RATIO),
+    "grid_size": spec([(4, 4), 2, [2, 6]], [*NOT_POSITIVE_INT, (4,), (4, 4, 4)]),
+}, ()))
 
 
 def test_unknown_override_is_named():
