@@ -199,7 +199,7 @@ class MaskedAutoEncoder(nn.Module):
             if check_tensor(mask, "mask", "(B, L)").device != self.device:
                 raise ValueError(f"mask is on {mask.device} but the model is on {self.device}; move it with .to()")
             if (removed := MF.check_mask(mask, B, L)) == L:
-                raise ValueError(f"mask removes all {L} patches of every image: the encoder would see nothing")
+                raise ValueError(f"mask removes all {L} patches of every image: it keeps no patch to encode")
             return self._resolve_mask_ratio(MF.mask_ratio_for(L, removed)), MF.mask_to_noise(mask, generator=generator)
         ratio = self._resolve_mask_ratio(mask_ratio)
         strategy = check_masking(cfg.masking if masking is None else masking, ratio, cfg.grid_size)
