@@ -174,17 +174,24 @@ def available_bytes(device: torch.device | None) -> int | None:
         return torch.cuda.mem_get_info(dev)[0]
     if dev.type != "cpu":
         return None
+    free = None
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    try:  # a container's cgroup (v2) limit, which /proc/meminfo does not show
+        with open("/sys/fs/cgroup/memory.max") as f_max, open("/sys/fs/cgroup/memory.current") as f_cur:
+            limit = f_max.read().strip()
+            if limit != "max":
+                room = int(limit) - int(f_cur.read())
+                free = room if free is None else min(free, room)
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return free
 
 
 def check_fits(nbytes: int, what: str, device: torch.device | None) -> None:
