@@ -24,6 +24,7 @@ from ._checks import (
     check_fits,
     check_generator,
     check_int,
+    check_mask,
     check_mask_args,
     check_mask_ratio,
     check_positive_int,
@@ -369,25 +370,6 @@ def grid_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: flo
     cols = torch.arange(gw, device=device).view(1, 1, gw) % 2  # (1, 1, gw)
     kept = (rows == offsets[:, 0].view(B, 1, 1)) & (cols == offsets[:, 1].view(B, 1, 1))  # (B, gh, gw)
     return (~kept).reshape(B, gh * gw).float()  # (B, L)
-
-
-def check_mask(mask: Tensor, batch_size: int | None = None, num_patches: int | None = None) -> int:
-    """Check a user mask, (B, L) of 0/1 (1 = removed) with the same count removed in every row; return L - K."""
-    check_tensor(mask, "mask", "(B, L)")
-    batch_size, num_patches = (None if v is None else check_positive_int(v, n)
-                               for v, n in ((batch_size, "batch_size"), (num_patches, "num_patches")))
-    if mask.device.type == "meta":
-        raise ValueError("mask is on the meta device: it holds no values to check; pass a real (B, L) mask")
-    if mask.ndim != 2 or (batch_size or mask.shape[0], num_patches or mask.shape[1]) != tuple(mask.shape):
-        raise ValueError(f"mask must be (B, L) = ({batch_size or 'B'}, {num_patches or 'L'}), got {tuple(mask.shape)} "
-                         f"(batch_size={batch_size}, num_patches={num_patches})")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must hold only 0 (kept) and 1 (removed)")
-    counts = (mask != 0).sum(dim=1).unique()  # the distinct per-row counts of removed patches
-    if counts.numel() > 1:
-        raise ValueError(f"every row of mask must remove the same number of patches (batches stay rectangular), got "
-                         f"rows removing {counts.tolist()}")
-    return int(counts[0]) if counts.numel() else 0
 
 
 def mask_ratio_for(num_patches: int, num_removed: int) -> float:
