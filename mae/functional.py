@@ -18,7 +18,20 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import check_mask_ratio, check_positive_int, to_pair
+from ._checks import (
+    check_bool,
+    check_divisible,
+    check_fits,
+    check_generator,
+    check_int,
+    check_mask,
+    check_mask_args,
+    check_mask_ratio,
+    check_positive_int,
+    check_shaped,
+    check_tensor,
+    to_pair,
+)
 
 __all__ = [
     "MaskingOutput",
@@ -53,11 +66,7 @@ def patchify(imgs: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
         (B, L, ph * pw * C); each patch vector is ordered (row inside patch, column inside patch, channel).
     """
     ph, pw = to_pair(patch_size, "patch_size")
-    if imgs.ndim != 4:
-        raise ValueError(f"imgs must be (B, C, H, W), got shape {tuple(imgs.shape)}")
-    H, W = imgs.shape[-2:]
-    if H % ph or W % pw:
-        raise ValueError(f"image size ({H}, {W}) is not a multiple of patch size ({ph}, {pw})")
+    check_divisible(check_tensor(imgs, "imgs", "(B, C, H, W)", ndim=4).shape[-2:], (ph, pw), "imgs size")
     return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=ph, q=pw)
 
 
@@ -65,16 +74,18 @@ def unpatchify(x: Tensor, patch_size: int | tuple[int, int], grid_size: int | tu
     """Exact inverse of ``patchify``: (B, L, ph * pw * C) -> (B, C, gh * ph, gw * pw)."""
     ph, pw = to_pair(patch_size, "patch_size")
     gh, gw = to_pair(grid_size, "grid_size")
-    if x.ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * in_chans:
+    in_chans = check_positive_int(in_chans, "in_chans")
+    if check_tensor(x, "x", "(B, L, P)").ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * in_chans:
         raise ValueError(
-            f"x must be (B, {gh * gw}, {ph * pw * in_chans}) for grid ({gh}, {gw}), patch ({ph}, {pw}) and "
-            f"{in_chans} channels, got shape {tuple(x.shape)}"
+            f"x must be (B, {gh * gw}, {ph * pw * in_chans}) for grid_size ({gh}, {gw}), patch_size ({ph}, {pw}) "
+            f"and in_chans {in_chans}, got shape {tuple(x.shape)}"
         )
     return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=gh, w=gw, p=ph, q=pw, c=in_chans)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """K = int(L * (1 - mask_ratio)): visible patches per image (the official rounding)."""
+    num_patches, mask_ratio = check_positive_int(num_patches, "num_patches"), check_mask_ratio(mask_ratio)
     return int(num_patches * (1 - mask_ratio))
 
 
@@ -125,8 +136,7 @@ def random_masking(
         ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)),
         and the derived ``.ids_keep`` (B, K) / ``.ids_removed`` (B, L - K). The mask has ``x``'s dtype.
     """
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        raise ValueError(f"x must be (B, L, D): a batch of L patch tokens or pixel patches, got {_describe(x)}")
+    check_tensor(x, "x", "(B, L, D): a batch of L patch tokens or pixel patches", ndim=3)
     mask_ratio = check_mask_ratio(mask_ratio)
     B, L = x.shape[:2]
     K = num_kept(L, mask_ratio)
@@ -148,22 +158,13 @@ def _masking_noise(
     B: int, L: int, device: torch.device, noise: Tensor | None, generator: torch.Generator | None
 ) -> Tensor:
     """The (B, L) ranking noise: the caller's, checked, or drawn uniform from ``generator``."""
+    check_generator(generator)
     if noise is None:
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         gen_device = generator.device if generator is not None else device
         return torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
-    if not isinstance(noise, Tensor):
-        raise TypeError(f"noise must be a torch.Tensor of shape ({B}, {L}), got {type(noise).__name__}")
-    if tuple(noise.shape) != (B, L):
-        raise ValueError(f"noise must have shape (B, L) = ({B}, {L}), got {tuple(noise.shape)}")
-    if noise.device != device:
-        raise ValueError(f"noise is on {noise.device} but the patches are on {device}; move it with .to()")
+    if check_shaped(noise, "noise", (B, L), device, "(B, L)", "x").is_complex() or noise.dtype == torch.bool:
+        raise TypeError(f"noise must be a real tensor ranking the patches (small = keep), got dtype {noise.dtype}")
     return noise
-
-
-def _describe(x: object) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
@@ -198,9 +199,12 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_to
     Returns:
         float32 (1 + L, D) if ``cls_token`` (row 0 all zeros), else (L, D); rows in row-major patch order.
     """
+    embed_dim, cls_token = check_positive_int(embed_dim, "embed_dim"), check_bool(cls_token, "cls_token")
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
     gh, gw = to_pair(grid_size, "grid_size")
+    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of grid_size ({gh}, {gw}) and embed_dim "
+               f"{embed_dim}", None)  # float64 scratch + the float32 copy
     quarter = embed_dim // 4
     omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)  # (D/4,)
     rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
@@ -245,6 +249,12 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
     Returns:
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
+    check_tensor(pred, "pred", "(B, L, P)", ndim=3)
+    check_shaped(target, "target", pred.shape, pred.device, "(B, L, P)", "pred")
+    check_shaped(mask, "mask", pred.shape[:2], pred.device, "(B, L)", "pred")
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise TypeError(f"pred and target must be floating-point tensors, got {pred.dtype} and {target.dtype}")
+    norm_pix_loss = check_bool(norm_pix_loss, "norm_pix_loss")
     # The mean over removed patches is undefined (0 / 0 = NaN) when nothing is removed: say so instead. Reading the
     # mask on the host costs a GPU sync, so the check is skipped inside torch.compile graphs and on the meta device
     # (no values); the model's training fast path builds its own mask (>= 1 removed patch) and never comes here.
@@ -304,10 +314,9 @@ def block_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: fl
     Returns:
         float32 (B, L), 1 = removed, row-major over the grid.
     """
-    B = check_positive_int(batch_size, "batch_size")
-    gh, gw = to_pair(grid_size, "grid_size")
+    B, (gh, gw), ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
     L = gh * gw
-    remove = L - num_kept(L, check_mask_ratio(mask_ratio))
+    remove = L - num_kept(L, ratio)
     rng = _numpy_rng(generator)
     min_area = min(BLOCK_MIN_PATCHES, remove)
     log_lo, log_hi = np.log(BLOCK_ASPECT[0]), np.log(BLOCK_ASPECT[1])
@@ -344,15 +353,16 @@ def grid_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: flo
     not call for (it shows the pattern, not a position). Pass ``offset=(0, 0)`` for one fixed lattice.
 
     Returns float32 (B, L), 1 = removed, exactly L / 4 kept per row."""
-    B = check_positive_int(batch_size, "batch_size")
-    gh, gw = to_pair(grid_size, "grid_size")
-    if check_mask_ratio(mask_ratio) != 0.75:
+    B, (gh, gw), ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
+    if ratio != 0.75:
         raise ValueError(f"grid masking keeps one patch of every 2x2 cell, so mask_ratio must be 0.75, got "
                          f"{mask_ratio!r}")
     if gh % 2 or gw % 2:
         raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size ({gh}, {gw})")
-    if offset is not None and not (type(offset) in (tuple, list) and list(offset) in ([0, 0], [0, 1], [1, 0], [1, 1])):
-        raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
+    if offset is not None:
+        if type(offset) not in (tuple, list) or list(offset) not in ([0, 0], [0, 1], [1, 0], [1, 1]):
+            raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
+        offset = tuple(check_int(v, "offset") for v in offset)  # 0.0 == 0 and True == 1, but not ints
     gen_device = generator.device if generator is not None else "cpu"
     offsets = (torch.randint(0, 2, (B, 2), generator=generator, device=gen_device) if offset is None
                else torch.tensor(offset).expand(B, 2)).to(device)  # (B, 2)
@@ -360,21 +370,6 @@ def grid_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: flo
     cols = torch.arange(gw, device=device).view(1, 1, gw) % 2  # (1, 1, gw)
     kept = (rows == offsets[:, 0].view(B, 1, 1)) & (cols == offsets[:, 1].view(B, 1, 1))  # (B, gh, gw)
     return (~kept).reshape(B, gh * gw).float()  # (B, L)
-
-
-def check_mask(mask: Tensor, batch_size: int | None = None, num_patches: int | None = None) -> int:
-    """Check a user mask, (B, L) of 0/1 (1 = removed) with the same count removed in every row; return L - K."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"mask must be a torch.Tensor of shape (B, L), got {type(mask).__name__}")
-    if mask.ndim != 2 or (batch_size or mask.shape[0], num_patches or mask.shape[1]) != tuple(mask.shape):
-        raise ValueError(f"mask must be (B, L) = ({batch_size or 'B'}, {num_patches or 'L'}), got {tuple(mask.shape)}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError("mask must hold only 0 (kept) and 1 (removed)")
-    counts = (mask != 0).sum(dim=1).unique()  # the distinct per-row counts of removed patches
-    if counts.numel() > 1:
-        raise ValueError(f"every row of mask must remove the same number of patches (batches stay rectangular), got "
-                         f"rows removing {counts.tolist()}")
-    return int(counts[0]) if counts.numel() else 0
 
 
 def mask_ratio_for(num_patches: int, num_removed: int) -> float:
@@ -392,6 +387,7 @@ def mask_to_noise(mask: Tensor, *, generator: torch.Generator | None = None) -> 
     Returns float32 (B, L) on the mask's device.
     """
     check_mask(mask)
+    check_generator(generator)
     gen_device = generator.device if generator is not None else mask.device
     u = torch.rand(mask.shape, generator=generator, device=gen_device).to(mask.device)  # (B, L) in [0, 1)
     return mask.float() * 0.5 + u * 0.49  # (B, L); 0.49 keeps the groups apart after float32 rounding

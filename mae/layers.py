@@ -15,13 +15,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_divisible, to_pair
+from ._checks import (
+    check_bool,
+    check_device,
+    check_divisible,
+    check_dtype,
+    check_finite,
+    check_fits,
+    check_positive_int,
+    check_tensor,
+    to_pair,
+)
 from .functional import gather_tokens
 
 __all__ = ["PatchEmbedding", "Attention", "Mlp", "Block", "LayerNorm", "attention", "explicit_attention"]
 
 # The release code uses LayerNorm with eps 1e-6 everywhere (timm's ViT default is 1e-5: mind the difference).
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def _checked_factory(device: object, dtype: object, numel: int, what: str) -> tuple:
+    """A layer's ``device`` and ``dtype``, checked, and its ``numel`` parameters bounded by the free memory."""
+    device, dtype = check_device(device), check_dtype(dtype)
+    check_fits(numel * (dtype or torch.get_default_dtype()).itemsize, what, device)
+    return device, dtype
+
+
+def _check_tokens(x: object, width: int, dims: str = "(B, N, D)") -> Tensor:
+    """A layer's input: (B, N, width) tokens, or with ``dims="(..., D)"`` any leading dimensions."""
+    check_tensor(x, "x", dims.replace("D", str(width)))
+    if not (x.ndim >= 1 if dims == "(..., D)" else x.ndim == 3) or x.shape[-1] != width:
+        raise ValueError(f"x must be {dims.replace('D', str(width))}, got shape {tuple(x.shape)}")
+    return x
 
 
 class PatchEmbedding(nn.Module):
@@ -53,13 +78,16 @@ class PatchEmbedding(nn.Module):
         check_divisible(self.img_size, self.patch_size)
         self.grid_size = (H // ph, W // pw)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.in_chans = in_chans
+        self.in_chans, embed_dim = check_positive_int(in_chans, "in_chans"), check_positive_int(embed_dim, "embed_dim")
+        device, dtype = _checked_factory(device, dtype, embed_dim * (ph * pw * in_chans + 1),
+                                         f"PatchEmbedding(in_chans={in_chans}, embed_dim={embed_dim})")
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, stride=self.patch_size, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        if (H, W) != self.img_size:
-            raise ValueError(f"input image size ({H}, {W}) does not match the model's img_size {self.img_size}")
+        B, C, H, W = check_tensor(x, "x", "(B, C, H, W)", ndim=4).shape
+        if (C, H, W) != (self.in_chans, *self.img_size):
+            raise ValueError(f"x has {C} channels of size ({H}, {W}) but the layer expects in_chans={self.in_chans} "
+                             f"and img_size={self.img_size}")
         x = self.proj(x)  # (B, D, gh, gw)
         return x.flatten(2).transpose(1, 2)  # (B, L, D)
 
@@ -114,6 +142,9 @@ class Attention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dim, num_heads = check_positive_int(dim, "dim"), check_positive_int(num_heads, "num_heads")
+        qkv_bias = check_bool(qkv_bias, "qkv_bias")
+        device, dtype = _checked_factory(device, dtype, 4 * dim * (dim + 1), f"Attention(dim={dim})")
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
@@ -128,7 +159,10 @@ class Attention(nn.Module):
         and value, only the M queries (and the output projection) are computed, like nanoGPT asking its head for the
         last position only. ``forward(x, rows)`` equals ``forward(x)`` gathered at ``rows``.
         """
-        B, N, D = x.shape
+        B, N, D = _check_tokens(x, self.proj.in_features).shape
+        if rows is not None and (check_tensor(rows, "rows", "(B, M)", ndim=2).shape[0] != B
+                                 or rows.dtype != torch.long):
+            raise ValueError(f"rows must be int64 (B, M) with B = {B}, got {rows.dtype} {tuple(rows.shape)}")
         h, d = self.num_heads, self.head_dim
         if rows is None:
             # One fused (3D, D) matmul for all of q, k, v (measured faster than three on the CPU).
@@ -154,12 +188,16 @@ class Mlp(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        in_features = check_positive_int(in_features, "in_features")
+        hidden_features = check_positive_int(hidden_features, "hidden_features")
+        device, dtype = _checked_factory(device, dtype, 2 * in_features * (hidden_features + 1),
+                                         f"Mlp(in_features={in_features}, hidden_features={hidden_features})")
         self.fc1 = nn.Linear(in_features, hidden_features, device=device, dtype=dtype)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(_check_tokens(x, self.fc1.in_features, "(..., D)"))))
 
 
 class Block(nn.Module):
@@ -176,11 +214,17 @@ class Block(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dim, mlp_ratio = check_positive_int(dim, "dim"), check_finite(mlp_ratio, "mlp_ratio", low=1e-6)
+        if int(dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={mlp_ratio} gives the MLP no hidden unit at dim {dim}")
+        hidden = int(dim * mlp_ratio)
+        numel = 4 * dim * (dim + 1) + 2 * dim * hidden + hidden + 5 * dim
+        device, dtype = _checked_factory(device, dtype, numel, f"Block(dim={dim}, mlp_ratio={mlp_ratio})")
         factory = {"device": device, "dtype": dtype}
         self.norm1 = LayerNorm(dim, **factory)
         self.attn = Attention(dim, num_heads, qkv_bias, **factory)
         self.norm2 = LayerNorm(dim, **factory)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), **factory)
+        self.mlp = Mlp(dim, hidden, **factory)
 
     def forward(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
         """(B, N, D) -> (B, N, D); with ``rows`` (B, M), the output at those token rows only: (B, M, D).
@@ -189,6 +233,7 @@ class Block(nn.Module):
         ``rows``; the queries and the MLP run on M rows. MAE training asks the last decoder block for the removed
         patches only, the rows its loss reads (Sec. 3).
         """
+        _check_tokens(x, self.norm1.normalized_shape[0])
         shortcut = x if rows is None else gather_tokens(x, rows)  # (B, M, D)
         x = shortcut + self.attn(self.norm1(x), rows)
         return x + self.mlp(self.norm2(x))

@@ -21,7 +21,17 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as MF
-from ._checks import check_mask_ratio
+from ._checks import (
+    check_bool,
+    check_device,
+    check_dtype,
+    check_fits,
+    check_generator,
+    check_images,
+    check_indices,
+    check_mask_ratio,
+    check_tensor,
+)
 from .config import MAEConfig, check_masking
 from .layers import Block, LayerNorm, PatchEmbedding
 
@@ -88,8 +98,13 @@ class MaskedAutoEncoder(nn.Module):
             decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
             mask_ratio=mask_ratio, masking=masking,
         )
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
+        device, dtype = check_device(device), check_dtype(dtype)
+        # Sizes bounded before allocating (an absurd img_size or width would get the process killed); 'meta'
+        # allocates no parameter, so the paper's largest presets still build there for free.
+        params, host = cfg.memory_bytes((dtype or torch.get_default_dtype()).itemsize)
+        on_host = device is None or device.type == "cpu"
+        check_fits(host + params * on_host, f"the model {cfg}", None)
+        check_fits(0 if on_host else params, f"the model {cfg}", device)
         self.config = cfg
         factory = {"device": device, "dtype": dtype}
         L, D, Dd = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim
@@ -150,36 +165,8 @@ class MaskedAutoEncoder(nn.Module):
         return self.cls_token.device
 
     def _check_images(self, imgs: Any) -> None:
-        if not isinstance(imgs, Tensor):
-            raise TypeError(f"imgs must be a torch.Tensor of shape (B, C, H, W), got {type(imgs).__name__}")
-        if not imgs.is_floating_point():
-            raise TypeError(
-                f"imgs must be a floating-point tensor, got dtype {imgs.dtype}; "
-                "convert integer images first, e.g. imgs.float() / 255 followed by normalisation"
-            )
         cfg = self.config
-        if imgs.ndim != 4:
-            raise ValueError(
-                f"imgs must have 4 dimensions (B, C, H, W), got {imgs.ndim} with shape {tuple(imgs.shape)}"
-            )
-        B, C, H, W = imgs.shape
-        if B == 0:
-            raise ValueError("imgs holds no image (batch size 0); pass at least one image")
-        if C != cfg.in_chans:
-            raise ValueError(f"imgs has {C} channels but the model expects in_chans={cfg.in_chans}")
-        if (H, W) != cfg.img_size:
-            raise ValueError(
-                f"imgs has size (H, W) = ({H}, {W}) but the model expects img_size={cfg.img_size}; "
-                "resize the images or build the model with that img_size"
-            )
-        if imgs.device != self.device:
-            raise ValueError(f"imgs is on {imgs.device} but the model is on {self.device}; move it with .to()")
-        dtype = self.cls_token.dtype
-        if imgs.dtype != dtype and not torch.is_autocast_enabled(imgs.device.type):
-            raise TypeError(
-                f"imgs has dtype {imgs.dtype} but the model's parameters are {dtype}; convert the images with "
-                f"imgs.to({dtype}) or run under torch.autocast"
-            )
+        check_images(imgs, cfg.in_chans, cfg.img_size, self.device, self.cls_token.dtype)
 
     def _resolve_mask_ratio(self, mask_ratio: float | None, *, training: bool = False) -> float:
         """The call's mask ratio (the config's by default); refused if it keeps no patch, or, to train, removes none."""
@@ -205,12 +192,14 @@ class MaskedAutoEncoder(nn.Module):
         noise that ranks their kept patches first (``mask_to_noise``); random masking draws its own."""
         cfg = self.config
         L = cfg.num_patches
+        check_generator(generator)
         if mask is not None:
             if noise is not None or masking is not None or mask_ratio is not None:
                 raise ValueError("pass mask alone: it already fixes which patches are removed (and so the ratio)")
-            removed = MF.check_mask(mask, B, L)
-            if mask.device != self.device:
+            if check_tensor(mask, "mask", "(B, L)").device != self.device:
                 raise ValueError(f"mask is on {mask.device} but the model is on {self.device}; move it with .to()")
+            if (removed := MF.check_mask(mask, B, L)) == L:
+                raise ValueError(f"mask removes all {L} patches of every image: it keeps no patch to encode")
             return self._resolve_mask_ratio(MF.mask_ratio_for(L, removed)), MF.mask_to_noise(mask, generator=generator)
         ratio = self._resolve_mask_ratio(mask_ratio)
         strategy = check_masking(cfg.masking if masking is None else masking, ratio, cfg.grid_size)
@@ -297,14 +286,22 @@ class MaskedAutoEncoder(nn.Module):
             pred (B, L, P) for every patch in the original order, or (B, M, P) for ``patches``.
         """
         cfg = self.config
-        if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim:
+        L = cfg.num_patches
+        check_tensor(latent, "latent", f"(B, 1+K, {cfg.embed_dim})")
+        if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim or latent.shape[1] < 1:
             raise ValueError(f"latent must be (B, 1+K, {cfg.embed_dim}), got shape {tuple(latent.shape)}")
         B, N, _ = latent.shape
-        if tuple(ids_restore.shape) != (B, cfg.num_patches) or N - 1 > cfg.num_patches:
+        check_tensor(ids_restore, "ids_restore", f"(B, L) = ({B}, {L})")
+        if tuple(ids_restore.shape) != (B, L) or N - 1 > L:
             raise ValueError(
-                f"ids_restore must be (B, L) = ({B}, {cfg.num_patches}) with at most L kept tokens in latent, "
+                f"ids_restore must be (B, L) = ({B}, {L}) with at most L kept tokens in latent, "
                 f"got ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}"
             )
+        check_indices(ids_restore, "ids_restore", L, latent.device)
+        if patches is not None:
+            if check_tensor(patches, "patches", "(B, M)", ndim=2).shape[0] != B or patches.shape[1] > L:
+                raise ValueError(f"patches must be (B, M) with B = {B} and M <= {L}, got {tuple(patches.shape)}")
+            check_indices(patches, "patches", L, latent.device)
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
         tokens = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd) mask tokens added
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd) cls first
@@ -330,10 +327,13 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             Scalar loss. With ``norm_pix_loss`` the target patches are normalised by their own mean and std.
         """
+        self._check_images(imgs)
+        check_tensor(pred, "pred", "(B, L, P)")
         target = self.patchify(imgs)  # (B, L, P)
-        if mask.shape != target.shape[:2]:
+        if check_tensor(mask, "mask", "(B, L)").shape != target.shape[:2]:
             raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
         if patches is not None:
+            check_indices(check_tensor(patches, "patches", "(B, M)", ndim=2), "patches", target.shape[1], self.device)
             target, mask = MF.gather_tokens(target, patches), mask.gather(1, patches)  # (B, M, P), (B, M)
         if pred.shape != target.shape:
             raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
@@ -363,6 +363,7 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
+        loss_only = check_bool(loss_only, "loss_only")
         if mask is None:  # (a mask of your own is checked by the loss: it must remove at least one patch)
             mask_ratio = self._resolve_mask_ratio(mask_ratio, training=True)
         latent, mask, ids_restore = self.encoder(

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import functional as MF
+from ._checks import check_bool, check_positive_int, check_str
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .io.atomic import atomic_write
 from .model import MaskedAutoEncoder
@@ -226,10 +227,8 @@ def reconstruction_figure(
     grey. Removed patches in the "masked" column are 0 in the input space, i.e. the dataset mean colour when
     ``mean``/``std`` are given (as in the paper's figures), black otherwise.
     """
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"max_images must be a positive int, got {max_images!r}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    max_images, dpi = check_positive_int(max_images, "max_images"), check_positive_int(dpi, "dpi")
+    title = None if title is None else check_str(title, "title")
     if (mean is None) != (std is None):
         raise ValueError(f"pass both mean and std to undo the input normalisation, or neither; got mean={mean!r}, "
                          f"std={std!r}")
@@ -326,8 +325,7 @@ def loss_curve_figure(
     x, y = _as_1d(steps, "steps"), _as_1d(losses, "losses")
     if len(x) != len(y):
         raise ValueError(f"steps and losses must have the same length, got {len(x)} and {len(y)}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    dpi, title, log_y = check_positive_int(dpi, "dpi"), check_str(title, "title"), check_bool(log_y, "log_y")
     keep = np.isfinite(x) & np.isfinite(y)
     if not keep.any():
         raise ValueError(f"losses has no finite value to plot (got {len(y)} values)")

@@ -77,7 +77,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, is_di
     final = Path(path).expanduser()
     if final.exists() and final.is_dir() != is_dir:
         kind, expected = ("folder", "a file") if final.is_dir() else ("file", "a folder")
-        raise ValueError(f"{str(final)!r} exists and is a {kind}, expected {expected}")
+        raise ValueError(f"path {str(final)!r} exists and is a {kind}, expected {expected}")
+    for parent in final.parents:  # mkdir would fail with a bare OSError below a file
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"path {str(final)!r} lies below {str(parent)!r}, which is a file, not a folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         recover_directory(final)
