@@ -39,7 +39,15 @@ from torchvision.io import decode_jpeg
 
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
 from mae.train import augment, decode
-from mae.train.augment import augment_sample, collate_samples, crop_resize, sample_crop, sample_flip, sample_generator
+from mae.train.augment import (
+    NoiseSpec,
+    augment_sample,
+    collate_samples,
+    crop_resize,
+    sample_crop,
+    sample_flip,
+    sample_generator,
+)
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "motorcycle")
 SETS = {"ImageNet-sized (500x375)": (500, 375), "3 megapixels (2048x1536)": (2048, 1536)}
@@ -93,7 +101,7 @@ def our_pipeline(size: int, *, simplejpeg: bool):
         saved = decode.simplejpeg
         decode.simplejpeg = saved if simplejpeg else None
         try:
-            return augment_sample(path.read_bytes(), str(path), size=size, num_patches=PATCHES, seed=0, epoch=0,
+            return augment_sample(path.read_bytes(), str(path), size=size, noise=NoiseSpec(PATCHES), seed=0, epoch=0,
                                   index=index)
         finally:
             decode.simplejpeg = saved
