@@ -34,7 +34,7 @@ _HELP = {
     "batch_size": "images per process per step",
     "blr": "base learning rate: lr = blr x effective batch / 256",
     "lr": "absolute learning rate (overrides --blr)",
-    "num_workers": "data-loader processes (default 0 on the digits, 8 with --data)",
+    "num_workers": "data-loader processes (default 0 on the digits, min(8, CPU cores) with --data)",
     "device": "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)",
     "precision": "auto (bf16 on CUDA when supported, else fp32), fp32, bf16, or fp16 with a grad scaler",
     "seed": "random seed (data order, augmentation, new layers; the initial weights with --model)",

@@ -8,6 +8,7 @@ digits, and the model-size dependent values (blr, layer decay, drop path for B v
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ class EvalConfig:
     batch_size: int | None = None  # per process
     blr: float | None = None  # base lr: lr = blr * effective batch / 256
     lr: float | None = None  # absolute lr, overrides blr
-    num_workers: int | None = None  # data-loader processes (default 0 on the digits, 8 on --data)
+    num_workers: int | None = None  # data-loader processes (default 0 on the digits, min(8, cores) on --data)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16
     seed: int = 0
@@ -72,7 +73,7 @@ class EvalConfig:
         """A copy with every None field that has a default filled in (``embed_dim``: the encoder's width)."""
         defaults = dict(self.DIGITS if self.data is None else self.PAPER)
         defaults.update({k: v for k, v in self.size_defaults(embed_dim).items() if v is not None})
-        defaults["num_workers"] = 0 if self.data is None else 8
+        defaults["num_workers"] = 0 if self.data is None else min(8, os.cpu_count() or 1)
         if "warmup_epochs" in defaults and self.epochs is not None and self.warmup_epochs is None:
             # A shorter run than the recipe's keeps the recipe's warm-up fraction once the warm-up would not fit.
             defaults["warmup_epochs"] = min(defaults["warmup_epochs"],

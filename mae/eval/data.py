@@ -2,7 +2,7 @@
 
 Built-in data set (no ``--data``): scikit-learn's handwritten digits, 1,797 grey 8x8 images of 10 classes that ship
 inside the package (offline). They are upscaled bilinearly to the model's input size and repeated to three channels;
-a fixed stratified split holds out 20% of each class (1,437 train / 360 val).
+a fixed stratified split holds out 20% of each class (1,438 train / 359 val).
 
 Transforms (DESIGN.md section 5): evaluation is Resize(img_size / crop_pct, bicubic) + CenterCrop(img_size); the
 linear probe trains on RandomResizedCrop + flip; fine-tuning uses timm's ``create_transform`` with RandAugment
