@@ -9,8 +9,8 @@ protocols:
 
 * kNN (k 20, T 0.07, cls token) and the linear probe (cached features, LARS) of the pretrained encoder against the
   same architecture at random initialisation (same seed);
-* fine-tuning (the paper's recipe: layer decay 0.65, mixup/cutmix, RandAugment, drop path 0.1) of the pretrained
-  encoder against the same architecture trained from scratch (no layer decay).
+* fine-tuning (layer decay 0.65, drop path 0.1, label smoothing 0.1, AdamW; no mixup/cutmix/RandAugment/erasing, see
+  FINETUNE) of the pretrained encoder against the same architecture trained from scratch (no layer decay).
 
 Writes ``<out>/results.json`` and ``<out>/results.md`` (mean +- std over seeds, wall times) and prints the table.
 """
@@ -36,7 +36,11 @@ from mae.eval.data import DigitsDataset
 MODEL = {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 128, "depth": 4, "num_heads": 4,
          "decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 4, "norm_pix_loss": True,
          "mask_ratio": 0.75}
-PRETRAIN = {"epochs": 80, "batch_size": 128, "lr": 1e-3, "warmup_epochs": 10, "weight_decay": 0.05}
+# Fine-tuning: the paper's recipe minus mixup, cutmix, RandAugment and random erasing, with a higher lr. That much
+# regularisation needs hundreds of epochs; in 220 steps it keeps both models near chance (measured: mae_vit_test
+# from scratch, 4 epochs, blr 2e-3: 21% with RandAugment + erasing, 35% without).
+FINETUNE = {"blr": 4e-3, "mixup": 0.0, "cutmix": 0.0, "auto_augment": "none", "reprob": 0.0}
+PRETRAIN = {"epochs": 60, "batch_size": 128, "lr": 1e-3, "warmup_epochs": 10, "weight_decay": 0.05}
 
 
 def pretrain(seed: int, epochs: int) -> tuple[MaskedAutoEncoder, dict]:
@@ -91,8 +95,8 @@ def evaluate(seed: int, out: Path, pretrain_epochs: int, finetune_epochs: int) -
         r = linear_probe(LinProbeConfig(name=f"linprobe-{init}", cache_features=True, **common), encoder=encoder)
         row[f"linprobe_{init}"] = {"acc1": r["val_acc1"], "seconds": r["seconds"]}
     for init, encoder, decay in (("mae", model, 0.65), ("scratch", random_init(seed), 1.0)):
-        r = finetune(FinetuneConfig(name=f"finetune-{init}", epochs=finetune_epochs, layer_decay=decay, **common),
-                     encoder=encoder)
+        r = finetune(FinetuneConfig(name=f"finetune-{init}", epochs=finetune_epochs, layer_decay=decay,
+                                    **FINETUNE, **common), encoder=encoder)
         row[f"finetune_{init}"] = {"acc1": r["val_acc1"], "best_acc1": r["best_val_acc1"], "seconds": r["seconds"]}
     return row
 
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain-epochs", type=int, default=PRETRAIN["epochs"])
-    parser.add_argument("--finetune-epochs", type=int, default=12)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--out", default="runs/evaluate_digits")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     args = parser.parse_args(argv)
@@ -128,15 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"{out} is not empty; pass another --out (nothing is deleted)", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    rows = [evaluate(s, out, args.pretrain_epochs, args.finetune_epochs) for s in args.seeds]
+    t0, rows = time.perf_counter(), []
+    for seed in args.seeds:
+        rows.append(evaluate(seed, out, args.pretrain_epochs, args.finetune_epochs))
+        partial = {"model": MODEL, "pretrain": PRETRAIN, "finetune": FINETUNE, "args": vars(args), "rows": rows}
+        (out / "partial.json").write_text(json.dumps(partial, indent=2) + "\n")  # survives an interrupted run
+        print(table(rows), flush=True)
     wall = time.perf_counter() - t0
     pretrain_s = statistics.mean(r["pretrain"]["seconds"] for r in rows)
     md = (f"{table(rows)}\n\nval top-1 (%) on the 359 held-out digits, mean +- std over seeds {args.seeds}; "
           f"pretraining {args.pretrain_epochs} epochs (mean {pretrain_s:.0f} s), "
           f"fine-tuning {args.finetune_epochs} epochs; total wall time {wall:.0f} s, {args.threads} thread(s).\n")
-    (out / "results.json").write_text(json.dumps({"model": MODEL, "pretrain": PRETRAIN, "args": vars(args),
-                                                  "rows": rows, "wall_seconds": wall}, indent=2) + "\n")
+    summary = {"model": MODEL, "pretrain": PRETRAIN, "finetune": FINETUNE, "args": vars(args), "rows": rows,
+               "wall_seconds": wall}
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "results.md").write_text(md)
     print(md)
     return 0

@@ -41,7 +41,7 @@ _HELP = {
     "crop_pct": "evaluation: resize to img_size / crop_pct, then centre-crop img_size",
     "output_dir": "folder holding run folders",
     "name": "run folder name (default <protocol>-<data>-<encoder>)",
-    "progress": "show a progress bar (on a terminal)",
+    "progress": "show a progress bar (on a terminal) and a line per epoch",
     "k": "neighbours that vote",
     "temperature": "votes are exp(cosine similarity / temperature)",
     "pool": "feature: cls (token after the final norm) or mean (of the patch tokens)",

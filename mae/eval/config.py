@@ -40,7 +40,7 @@ class EvalConfig:
     crop_pct: float = 0.875  # evaluation: Resize(img_size / crop_pct) + CenterCrop(img_size), paper 224/256
     output_dir: str = "runs"
     name: str | None = None  # run folder under output_dir (default <protocol>-<data>-<encoder>)
-    progress: bool = True  # progress bar (on a terminal)
+    progress: bool = True  # progress bar (on a terminal) and one line per epoch; off: only the summary line
 
     protocol: ClassVar[str] = "eval"
     # None fields are filled from these: the paper's values on --data, CPU-sized ones on the built-in digits.

@@ -303,7 +303,7 @@ class Run:
             record = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss, **last,
                       "seconds": time.perf_counter() - t_epoch}
             self.log(record)
-            if info.is_main:
+            if info.is_main and cfg.progress:
                 tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             self.save(CHECKPOINT_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
