@@ -12,6 +12,7 @@ from timm.optim import param_groups_layer_decay as timm_param_groups_layer_decay
 from mae import create_model
 from mae.eval import LARS, knn_scores, param_groups_layer_decay, topk_accuracy
 from mae.eval.engine import cosine_lr
+from mae.eval.linprobe import FeatureBatchNorm
 
 # ---------------------------------------------------------------------------------------------- kNN
 
@@ -92,6 +93,21 @@ def test_lars_zero_weight_gets_ratio_one():
     w.grad = torch.ones(2, 2, dtype=torch.float64)
     LARS([w], lr=0.5).step()
     torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.5, dtype=torch.float64))
+
+
+def test_probe_batchnorm_is_batchnorm1d_in_one_process():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 5, generator=gen) * 3 + 1
+    ours, ref = FeatureBatchNorm(5), torch.nn.BatchNorm1d(5, eps=1e-6, affine=False)
+    for _ in range(2):
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x))
+    assert not list(ours.parameters())  # no affine parameters
+    with pytest.raises(RuntimeError, match="must not require grad"):
+        ours.train()(x.requires_grad_())
 
 
 def test_lars_rejects_negative_lr():

@@ -114,9 +114,10 @@ def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
         cached = {"train": train_x.cpu(), "train_labels": train_y.cpu(), "val": val_x.cpu(),
                   "val_labels": val_y.cpu()}
         run.save(FEATURES_FILE, {"features": cached})
-    scores = knn_scores(cached["train"], cached["train_labels"], cached["val"], data.num_classes, k=cfg.k,
+    on = {k: v.to(run.device) for k, v in cached.items()}  # the similarity matrices are the big work: on the device
+    scores = knn_scores(on["train"], on["train_labels"], on["val"], data.num_classes, k=cfg.k,
                         temperature=cfg.temperature)
-    acc = topk_accuracy(scores, cached["val_labels"], (1, 5))
+    acc = topk_accuracy(scores, on["val_labels"], (1, 5))
     results = {"val_acc1": acc[1], **({"val_acc5": acc[5]} if data.num_classes >= 5 else {}),
                "k": cfg.k, "temperature": cfg.temperature, "pool": cfg.pool, "num_classes": data.num_classes,
                "encoder": source}
