@@ -9,6 +9,14 @@ Each protocol is a function of its config (``knn``, ``linear_probe``, ``finetune
 (pooled features, intermediate layers, attention maps) lives in ``mae.eval.features``.
 """
 
+try:  # the eval extra: image folders (torchvision, Pillow), progress bars (tqdm); the digits need scikit-learn
+    import PIL  # noqa: F401
+    import torchvision  # noqa: F401
+    import tqdm  # noqa: F401
+except ImportError as err:
+    missing = err.name
+    raise ImportError(f"mae.eval needs the eval extra ({missing} is missing): pip install 'mae-pytorch[eval]'") from err
+
 from .config import EvalConfig, FinetuneConfig, KNNConfig, LinProbeConfig
 from .features import attention_maps, cls_attention, intermediate_layers, pool_tokens, pooled_features
 from .finetune import build_finetune_model, finetune, layer_id, param_groups_layer_decay
