@@ -1,4 +1,4 @@
-"""Evidence for mae.eval: does MAE pretraining help on the built-in digits? One command, about 15 minutes on 2 cores.
+"""Evidence for mae.eval: does MAE pretraining help on the built-in digits? One command (36 min on 2 busy cores).
 
     python benchmarks/evaluate_digits.py [--seeds 0 1 2] [--out runs/evaluate_digits]
 
