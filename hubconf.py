@@ -5,7 +5,7 @@
     ...                        pretrained="mae_visualize_vit_large.pth")
 
 Nothing is ever downloaded. ``pretrained`` (alias ``checkpoint``) takes any checkpoint
-``MaskedAutoEncoder.from_pretrained`` reads, loaded into the named preset (plus keyword arguments: ``MAEConfig``
+``mae.from_pretrained`` reads, loaded into the named preset (plus keyword arguments: ``MAEConfig``
 fields, ``device``, ``dtype``); position tables follow ``img_size`` if it differs from the file's.
 """
 
@@ -19,7 +19,7 @@ dependencies = ["torch", "timm", "einops", "numpy", "safetensors"]
 def _make_entry(name: str):  # noqa: ANN202 - returns the entry point function
     def entry(pretrained: _Any = None, *, checkpoint: _Any = None, **kwargs: _Any):  # noqa: ANN202
         from mae import create_model
-        from mae.checkpoints import load_checkpoint
+        from mae.io import load_checkpoint
 
         if pretrained is not None and checkpoint is not None:
             raise ValueError("pass the checkpoint path as pretrained= or checkpoint=, not both")

@@ -3,7 +3,8 @@
 One command measures, for a preset, batch size, image size, precision (fp32, bf16 autocast) and device (cpu, cuda),
 eager and optionally ``torch.compile``:
 
-- train step images/s: forward + backward + fused AdamW step (ours: ``model.training_loss``; HF: ``model(...).loss``);
+- train step images/s: forward + backward + fused AdamW step (ours: ``model(imgs).loss`` and
+  ``model(imgs, loss_only=True).loss``; HF: ``model(...).loss``);
 - forward-only images/s (``torch.no_grad``; both return loss, per-patch predictions and mask);
 - peak memory of one train step (CUDA: ``max_memory_allocated``; CPU: peak RSS above the pre-step RSS, sampled);
 - FLOPs per step counted with ``torch.utils.flop_counter`` and MFU = FLOPs / step time / matmul peak, the peak being
@@ -43,12 +44,14 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mae import MAEConfig, MaskedAutoEncoder, create_model  # noqa: E402
+from mae.functional import num_kept  # noqa: E402
+from mae.io.hf import config_to_hf  # noqa: E402
+from mae.layers import explicit_attention  # noqa: E402
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-TINY = dict(
-    img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
-    decoder_num_heads=4,
-)
+# Our two ways to get a training loss: the plain ``loss, pred, mask = model(imgs)`` every user writes, and the
+# trainer's ``model(imgs, loss_only=True)`` (decoder's last block and head on the removed patches only).
+PATHS = {"plain": False, "loss_only": True}
 
 
 # ---------------------------------------------------------------------------------------------------------- models
@@ -71,32 +74,26 @@ class Impl:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
 
 
-def build_ours(cfg: MAEConfig, device: str) -> Impl:
+def build_ours(cfg: MAEConfig, device: str, path: str = "loss_only") -> Impl:
     model = MaskedAutoEncoder.from_config(cfg, device=device).train()
-    return Impl("mae-pytorch", model, model.training_loss, model)
-
-
-def square(pair: tuple[int, int]) -> int | list[int]:
-    return pair[0] if pair[0] == pair[1] else list(pair)
+    loss_only = PATHS[path]
+    return Impl(f"mae-pytorch {path}", model, lambda x: model(x, loss_only=loss_only).loss, model)
 
 
 def build_hf(cfg: MAEConfig, device: str) -> Impl:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-    hf_cfg = ViTMAEConfig(
-        hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
-        intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio), hidden_act="gelu", layer_norm_eps=1e-6,
-        image_size=square(cfg.img_size), patch_size=square(cfg.patch_size), num_channels=cfg.in_chans, qkv_bias=True,
-        decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=cfg.decoder_depth,
-        decoder_num_attention_heads=cfg.decoder_num_heads,
-        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
-        mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss,
-    )
+    hf_cfg = ViTMAEConfig(**config_to_hf(cfg))  # the library's own mapping: same dimensions, LayerNorm eps 1e-6
     hf_cfg._attn_implementation = "sdpa"
     model = ViTMAEForPreTraining(hf_cfg).to(device).train()
     impl = Impl("HF ViTMAE", model, lambda x: model(pixel_values=x).loss, lambda x: model(pixel_values=x))
     impl.notes.append(f"attn_implementation={model.config._attn_implementation}")
     return impl
+
+
+def build_impls(cfg: MAEConfig, device: str, args: argparse.Namespace) -> list[Impl]:
+    """Ours on each requested path, then HF last (the base of the ratios)."""
+    return [build_ours(cfg, device, path) for path in args.paths] + ([] if args.no_hf else [build_hf(cfg, device)])
 
 
 def compiled(impl: Impl, fullgraph: bool) -> Impl:
@@ -371,10 +368,7 @@ def attention_kernels(cfg: MAEConfig, batch_size: int, device: str, repeats: int
     """
     import torch.nn.functional as F
 
-    def explicit(q, k, v):
-        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-
-    K = int(cfg.num_patches * (1 - cfg.mask_ratio))
+    K = num_kept(cfg.num_patches, cfg.mask_ratio)
     shapes = {
         "encoder": (batch_size, cfg.num_heads, 1 + K, cfg.embed_dim // cfg.num_heads),
         "decoder": (batch_size, cfg.decoder_num_heads, 1 + cfg.num_patches,
@@ -386,7 +380,7 @@ def attention_kernels(cfg: MAEConfig, batch_size: int, device: str, repeats: int
             dtype = PRECISIONS[precision] or torch.float32
             q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
             grad = torch.randn(shape, device=device, dtype=dtype)
-            kernels = {"sdpa": F.scaled_dot_product_attention, "explicit": explicit}
+            kernels = {"sdpa": F.scaled_dot_product_attention, "explicit": explicit_attention}
             times: dict[str, list[float]] = {n: [] for n in kernels}
             for r in range(repeats + 1):
                 for n in list(kernels)[:: 1 if r % 2 else -1]:
@@ -408,8 +402,8 @@ def sweep(args: argparse.Namespace, base: MAEConfig, device: str) -> list[dict[s
     points += [("mask_ratio", m, {"mask_ratio": m}, args.batch_size) for m in args.sweep_mask_ratios]
     results = []
     for axis, value, overrides, batch in points:
-        cfg = MAEConfig(**{**{k: getattr(base, k) for k in base.__dataclass_fields__}, **overrides})
-        impls = [build_ours(cfg, device)] + ([] if args.no_hf else [build_hf(cfg, device)])
+        cfg = base.replace(**overrides)
+        impls = build_impls(cfg, device, args)
         for row in measure(impls, cfg, batch, args.precision[0], device, args.sweep_repeats, 1, extras=False):
             row.update(axis=axis, value=value)
             results.append(row)
@@ -467,6 +461,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time (default) or process CPU time (robust on a busy machine, with --threads 1)")
     p.add_argument("--no-hf", action="store_true", help="time mae-pytorch only")
+    p.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=sorted(PATHS),
+                   help="our training paths to time: plain model(imgs) and/or model(imgs, loss_only=True)")
     p.add_argument("--sweep", action="store_true", help="throughput vs batch size, image size and mask ratio")
     p.add_argument("--sweep-batch-sizes", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--sweep-img-sizes", type=int, nargs="+", default=[224, 448])
@@ -503,7 +499,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             args.no_hf = True
     overrides = dict(mask_ratio=args.mask_ratio, norm_pix_loss=not args.no_norm_pix_loss)
     if args.tiny:
-        cfg = MAEConfig(**TINY, **overrides)
+        cfg = MAEConfig.from_name("mae_vit_test", decoder_depth=1, **overrides)
         args.batch_size, args.repeats = 2, 2
         args.sweep_batch_sizes, args.sweep_img_sizes, args.sweep_repeats = [1, 2], [32, 64], 1
         args.sweep_mask_ratios = [0.5, 0.75]
@@ -519,7 +515,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           f"mask_ratio {cfg.mask_ratio}, norm_pix_loss {cfg.norm_pix_loss}, {args.repeats} alternating rounds")
     rows: list[dict[str, Any]] = []
     for precision in args.precision:
-        impls = [build_ours(cfg, device)] + ([] if args.no_hf else [build_hf(cfg, device)])
+        impls = build_impls(cfg, device, args)
         if args.compile:
             impls.insert(1, compiled(impls[0], fullgraph=True))
             if args.compile_hf and not args.no_hf:

@@ -3,10 +3,12 @@
     >>> from mae import create_model
     >>> model = create_model("mae_vit_base_patch16", norm_pix_loss=True)
     >>> loss, pred, mask = model(imgs)          # imgs: (B, 3, 224, 224)
+    >>> mae.save_pretrained(model, "my_mae")    # and back: mae.from_pretrained("my_mae")
 """
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, MAEConfig, list_models
 from .functional import masked_mse_loss, patchify, random_masking, sincos_pos_embed_2d, unpatchify
+from .io import from_pretrained, save_pretrained
 from .layers import Attention, Block, Mlp, PatchEmbedding
 from .model import EncoderOutput, MAEOutput, MaskedAutoEncoder, create_model
 
@@ -24,10 +26,12 @@ __all__ = [
     "Mlp",
     "PatchEmbedding",
     "create_model",
+    "from_pretrained",
     "list_models",
     "masked_mse_loss",
     "patchify",
     "random_masking",
+    "save_pretrained",
     "sincos_pos_embed_2d",
     "unpatchify",
     "__version__",

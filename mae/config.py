@@ -10,14 +10,39 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_bool, check_divisible, check_finite, check_mask_ratio, check_positive_int, to_pair
+from ._checks import (
+    check_bool,
+    check_divisible,
+    check_finite,
+    check_mask_ratio,
+    check_positive_int,
+    check_str,
+    to_pair,
+)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MAEConfig", "PRESETS", "list_models", "replace_fields"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MASKINGS", "MAEConfig", "PRESETS", "check_masking", "list_models",
+           "replace_fields"]
+
+# The masking strategies of the paper's Table 1f (mae.functional: random_masking, block_mask, grid_mask).
+MASKINGS = ("random", "block", "grid")
 
 # Per-channel normalisation of the paper's inputs (ImageNet statistics, RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+
+def check_masking(masking: Any, mask_ratio: float, grid_size: tuple[int, int]) -> str:
+    """A masking strategy name that can serve ``mask_ratio`` on a ``grid_size`` patch grid."""
+    if not isinstance(masking, str) or masking not in MASKINGS:
+        raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}")
+    mask_ratio, grid_size = check_mask_ratio(mask_ratio), to_pair(grid_size, "grid_size")
+    if masking == "grid" and (mask_ratio != 0.75 or grid_size[0] % 2 or grid_size[1] % 2):
+        raise ValueError(
+            f"grid masking keeps one patch of every 2x2 cell: it needs mask_ratio 0.75 and an even patch grid, "
+            f"got mask_ratio {mask_ratio} and grid {grid_size}"
+        )
+    return masking
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,7 @@ class MAEConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * width
     norm_pix_loss: bool = False  # normalise each target patch by its own mean/std (Sec. 3, best features)
     mask_ratio: float = 0.75  # fraction of patches removed (Sec. 4: 75% works best)
+    masking: str = "random"  # which patches: "random" (the paper's), "block" (BEiT's) or "grid" (Table 1f)
 
     def __post_init__(self) -> None:
         # Accept ints for the two size fields; store them as (h, w) pairs so nothing downstream assumes squares.
@@ -58,8 +84,12 @@ class MAEConfig:
                     f"{width}={getattr(self, width)} must be divisible by 4 for the 2-D sin-cos position table"
                 )
         object.__setattr__(self, "mlp_ratio", check_finite(self.mlp_ratio, "mlp_ratio", low=1e-6))
+        narrowest = min(self.embed_dim, self.decoder_embed_dim)
+        if int(narrowest * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} gives MLPs no hidden unit at width {narrowest}")
         object.__setattr__(self, "norm_pix_loss", check_bool(self.norm_pix_loss, "norm_pix_loss"))
         object.__setattr__(self, "mask_ratio", check_mask_ratio(self.mask_ratio))
+        check_masking(self.masking, self.mask_ratio, self.grid_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -77,6 +107,26 @@ class MAEConfig:
         """Length of one flattened pixel patch: ph * pw * C."""
         return self.patch_size[0] * self.patch_size[1] * self.in_chans
 
+    @property
+    def num_params(self) -> int:
+        """Parameters of the model this config describes (position tables included), counted without building it."""
+        L, P = self.num_patches, self.patch_dim
+
+        def block(width: int) -> int:  # 2 LayerNorms, fused qkv + proj, fc1 + fc2 (weights and biases)
+            hidden = int(width * self.mlp_ratio)
+            return 4 * width + 4 * width * width + 4 * width + 2 * width * hidden + hidden + width
+
+        D, Dd = self.embed_dim, self.decoder_embed_dim
+        encoder = P * D + D + D + (1 + L) * D + self.depth * block(D) + 2 * D
+        decoder = D * Dd + Dd + Dd + (1 + L) * Dd + self.decoder_depth * block(Dd) + 2 * Dd + Dd * P + P
+        return encoder + decoder
+
+    def memory_bytes(self, itemsize: int) -> tuple[int, int]:
+        """(device, host) bytes that building the model takes: the parameters of ``itemsize`` bytes on its device;
+        on the host, the float64 sin-cos tables and the Python objects of the blocks (about 24 KB each, measured)."""
+        table = 3 * 8 * (1 + self.num_patches) * max(self.embed_dim, self.decoder_embed_dim)
+        return self.num_params * itemsize, table + 2**15 * (self.depth + self.decoder_depth)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (pairs as lists); ``MAEConfig(**d)`` rebuilds it."""
         d = dataclasses.asdict(self)
@@ -93,8 +143,8 @@ class MAEConfig:
 
         Example: ``MAEConfig.from_name('mae_vit_base_patch16', img_size=448)``.
         """
-        if name not in PRESETS:
-            raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+        if check_str(name, "name") not in PRESETS:
+            raise ValueError(f"name {name!r} is not a known model; available: {list_models()}")
         return PRESETS[name].replace(**overrides)
 
 
@@ -134,3 +184,4 @@ def replace_fields(config: Any, **overrides: Any) -> Any:
     if unknown:
         raise TypeError(f"unknown {type(config).__name__} field(s) {unknown}; valid fields: {valid}")
     return dataclasses.replace(config, **overrides)
+

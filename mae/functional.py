@@ -18,7 +18,20 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import check_mask_ratio, to_pair
+from ._checks import (
+    check_bool,
+    check_divisible,
+    check_fits,
+    check_generator,
+    check_int,
+    check_mask,
+    check_mask_args,
+    check_mask_ratio,
+    check_positive_int,
+    check_shaped,
+    check_tensor,
+    to_pair,
+)
 
 __all__ = [
     "MaskingOutput",
@@ -26,7 +39,7 @@ __all__ = [
     "patchify",
     "unpatchify",
     "random_masking",
-    "masking_indices",
+    "shuffle_order",
     "gather_tokens",
     "restore_sequence",
     "sincos_pos_embed_2d",
@@ -34,6 +47,11 @@ __all__ = [
     "normalize_patches",
     "masked_mse_loss",
     "per_patch_mse",
+    "block_mask",
+    "grid_mask",
+    "check_mask",
+    "mask_ratio_for",
+    "mask_to_noise",
 ]
 
 
@@ -48,11 +66,7 @@ def patchify(imgs: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
         (B, L, ph * pw * C); each patch vector is ordered (row inside patch, column inside patch, channel).
     """
     ph, pw = to_pair(patch_size, "patch_size")
-    if imgs.ndim != 4:
-        raise ValueError(f"imgs must be (B, C, H, W), got shape {tuple(imgs.shape)}")
-    H, W = imgs.shape[-2:]
-    if H % ph or W % pw:
-        raise ValueError(f"image size ({H}, {W}) is not a multiple of patch size ({ph}, {pw})")
+    check_divisible(check_tensor(imgs, "imgs", "(B, C, H, W)", ndim=4).shape[-2:], (ph, pw), "imgs size")
     return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=ph, q=pw)
 
 
@@ -60,23 +74,42 @@ def unpatchify(x: Tensor, patch_size: int | tuple[int, int], grid_size: int | tu
     """Exact inverse of ``patchify``: (B, L, ph * pw * C) -> (B, C, gh * ph, gw * pw)."""
     ph, pw = to_pair(patch_size, "patch_size")
     gh, gw = to_pair(grid_size, "grid_size")
-    if x.ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * in_chans:
+    in_chans = check_positive_int(in_chans, "in_chans")
+    if check_tensor(x, "x", "(B, L, P)").ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * in_chans:
         raise ValueError(
-            f"x must be (B, {gh * gw}, {ph * pw * in_chans}) for grid ({gh}, {gw}), patch ({ph}, {pw}) and "
-            f"{in_chans} channels, got shape {tuple(x.shape)}"
+            f"x must be (B, {gh * gw}, {ph * pw * in_chans}) for grid_size ({gh}, {gw}), patch_size ({ph}, {pw}) "
+            f"and in_chans {in_chans}, got shape {tuple(x.shape)}"
         )
     return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=gh, w=gw, p=ph, q=pw, c=in_chans)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """K = int(L * (1 - mask_ratio)): visible patches per image (the official rounding)."""
+    num_patches, mask_ratio = check_positive_int(num_patches, "num_patches"), check_mask_ratio(mask_ratio)
     return int(num_patches * (1 - mask_ratio))
 
 
 class MaskingOutput(NamedTuple):
-    x_kept: Tensor  # (B, K, D) the visible tokens, in shuffled order
+    """Unpacks like the release code's ``x_masked, mask, ids_restore = random_masking(x, mask_ratio)``."""
+
+    x_kept: Tensor  # (B, K, D) the visible rows, in shuffled order
     mask: Tensor  # (B, L) 1 = removed, 0 = kept, original order
-    ids_restore: Tensor  # (B, L) int64; gathering [kept; removed] tokens with it gives the original order
+    ids_restore: Tensor  # (B, L) int64; gathering [kept; removed] entries with it gives the original order
+
+    @property
+    def ids_keep(self) -> Tensor:
+        """(B, K) original positions of ``x_kept``'s rows: ``x_kept[b, i] = x[b, ids_keep[b, i]]``."""
+        return shuffle_order(self.ids_restore)[:, : self.x_kept.shape[1]]
+
+    @property
+    def ids_removed(self) -> Tensor:
+        """(B, L - K) original positions of the removed patches, in shuffled order."""
+        return shuffle_order(self.ids_restore)[:, self.x_kept.shape[1] :]
+
+
+def shuffle_order(ids_restore: Tensor) -> Tensor:
+    """``ids_shuffle`` (B, L) back from ``ids_restore``: the inverse permutation (kept patches first, then removed)."""
+    return torch.argsort(ids_restore, dim=1)
 
 
 def random_masking(
@@ -88,76 +121,50 @@ def random_masking(
 ) -> MaskingOutput:
     """Per-sample random masking by argsort of uniform noise (Sec. 3, "random sampling").
 
-    Each sample draws noise (B, L) in [0, 1); patches with the smallest noise are kept. Given the same noise the
-    result is fully determined, so passing ``noise`` reproduces a masking exactly.
+    Each sample draws noise (B, L) in [0, 1); the patches with the smallest noise are kept. Given the same noise the
+    result is fully determined, so passing ``noise`` reproduces a masking exactly, and any masking strategy that can
+    rank the patches (block, grid, a user's mask: ``mask_to_noise``) runs through this one function.
 
     Args:
-        x: (B, L, D) patch tokens.
+        x: (B, L, D) one row per patch: tokens, or, as the MAE encoder does, pixel patches (B, L, P) so that only
+            the visible ones get embedded.
         mask_ratio: fraction of the L patches to remove, in [0, 1).
         noise: optional (B, L) tensor ranking the patches (small = keep).
         generator: optional ``torch.Generator`` to draw the noise from (ignored when ``noise`` is given).
 
     Returns:
-        ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)).
+        ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)),
+        and the derived ``.ids_keep`` (B, K) / ``.ids_removed`` (B, L - K). The mask has ``x``'s dtype.
     """
-    if x.ndim != 3:
-        raise ValueError(f"x must be (B, L, D) tokens, got shape {tuple(x.shape)}")
-    B, L, D = x.shape
-    ids_shuffle, ids_restore, mask = masking_indices(
-        B, L, mask_ratio, noise=noise, generator=generator, device=x.device, dtype=x.dtype
-    )
+    check_tensor(x, "x", "(B, L, D): a batch of L patch tokens or pixel patches", ndim=3)
+    mask_ratio = check_mask_ratio(mask_ratio)
+    B, L = x.shape[:2]
     K = num_kept(L, mask_ratio)
-    ids_keep = ids_shuffle[:, :K]  # (B, K)
-    x_kept = gather_tokens(x, ids_keep)  # (B, K, D)
+    noise = _masking_noise(B, L, x.device, noise, generator)  # (B, L)
+    if K == L:
+        # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
+        ids_shuffle = torch.arange(L, device=x.device).expand(B, L)  # (B, L)
+    else:
+        ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: small noise is kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) the inverse permutation
+
+    # The mask in shuffled order is [0] * K + [1] * (L - K); unshuffled, it is 1 exactly at the removed patches.
+    mask = (ids_restore >= K).to(x.dtype if x.is_floating_point() else torch.float32)  # (B, L)
+    x_kept = gather_tokens(x, ids_shuffle[:, :K])  # (B, K, D)
     return MaskingOutput(x_kept, mask, ids_restore)
 
 
-def masking_indices(
-    batch_size: int,
-    num_patches: int,
-    mask_ratio: float,
-    *,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The index work of ``random_masking`` without touching any token: which patches to keep, and the mask.
-
-    Callers that only need the kept patches (the MAE encoder embeds nothing else) gather them with ``ids_shuffle``.
-
-    Returns:
-        ``(ids_shuffle (B, L), ids_restore (B, L), mask (B, L))``: ``ids_shuffle[:, :K]`` are the kept patches in
-        the order ``random_masking`` returns them, ``ids_shuffle[:, K:]`` the removed ones; mask 1 = removed.
-    """
-    mask_ratio = check_mask_ratio(mask_ratio)
-    B, L = batch_size, num_patches
-    K = num_kept(L, mask_ratio)
+def _masking_noise(
+    B: int, L: int, device: torch.device, noise: Tensor | None, generator: torch.Generator | None
+) -> Tensor:
+    """The (B, L) ranking noise: the caller's, checked, or drawn uniform from ``generator``."""
+    check_generator(generator)
     if noise is None:
         gen_device = generator.device if generator is not None else device
-        noise = torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
-    else:
-        if not isinstance(noise, Tensor):
-            raise TypeError(f"noise must be a torch.Tensor of shape ({B}, {L}), got {type(noise).__name__}")
-        if tuple(noise.shape) != (B, L):
-            raise ValueError(f"noise must have shape (B, L) = ({B}, {L}), got {tuple(noise.shape)}")
-        want = torch.device(device) if device is not None else noise.device
-        if noise.device.type != want.type or want.index not in (None, noise.device.index):
-            raise ValueError(f"noise is on {noise.device} but the tokens are on {device}; move it with .to()")
-
-    if K == L:
-        # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
-        ids_shuffle = torch.arange(L, device=noise.device).expand(B, L)  # (B, L)
-        ids_restore = ids_shuffle
-    else:
-        ids_shuffle = torch.argsort(noise, dim=1)  # (B, L) ascending: small noise is kept
-        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
-
-    # Build the mask in shuffled order ([0]*K + [1]*(L-K)) and unshuffle it to the original order.
-    mask = torch.ones(B, L, device=noise.device, dtype=dtype)
-    mask[:, :K] = 0
-    mask = torch.gather(mask, 1, ids_restore)  # (B, L)
-    return ids_shuffle, ids_restore, mask
+        return torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
+    if check_shaped(noise, "noise", (B, L), device, "(B, L)", "x").is_complex() or noise.dtype == torch.bool:
+        raise TypeError(f"noise must be a real tensor ranking the patches (small = keep), got dtype {noise.dtype}")
+    return noise
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
@@ -192,9 +199,12 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_to
     Returns:
         float32 (1 + L, D) if ``cls_token`` (row 0 all zeros), else (L, D); rows in row-major patch order.
     """
+    embed_dim, cls_token = check_positive_int(embed_dim, "embed_dim"), check_bool(cls_token, "cls_token")
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
     gh, gw = to_pair(grid_size, "grid_size")
+    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of grid_size ({gh}, {gw}) and embed_dim "
+               f"{embed_dim}", None)  # float64 scratch + the float32 copy
     quarter = embed_dim // 4
     omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)  # (D/4,)
     rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
@@ -239,6 +249,12 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
     Returns:
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
+    check_tensor(pred, "pred", "(B, L, P)", ndim=3)
+    check_shaped(target, "target", pred.shape, pred.device, "(B, L, P)", "pred")
+    check_shaped(mask, "mask", pred.shape[:2], pred.device, "(B, L)", "pred")
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise TypeError(f"pred and target must be floating-point tensors, got {pred.dtype} and {target.dtype}")
+    norm_pix_loss = check_bool(norm_pix_loss, "norm_pix_loss")
     # The mean over removed patches is undefined (0 / 0 = NaN) when nothing is removed: say so instead. Reading the
     # mask on the host costs a GPU sync, so the check is skipped inside torch.compile graphs and on the meta device
     # (no values); the model's training fast path builds its own mask (>= 1 removed patch) and never comes here.
@@ -263,3 +279,115 @@ def per_patch_mse(pred: Tensor, target: Tensor, norm_pix_loss: bool = False) -> 
     if norm_pix_loss:
         target = normalize_patches(target)
     return (pred.to(dtype) - target).pow(2).mean(dim=-1)  # (B, N)
+
+
+# ---- Masking strategies (Table 1f): each gives a (B, L) mask with exactly L - K removed per row, which feeds the one
+# argsort masking through ``mask_to_noise``.
+
+BLOCK_MIN_PATCHES = 16  # BEiT's smallest block (its pretraining setting), kept by MAE's Table 1f
+BLOCK_ASPECT = (0.3, 1 / 0.3)  # block height / width, drawn log-uniformly
+_BLOCK_TRIES = 10  # attempts to place one block before the random top-up finishes the mask (BEiT's limit)
+
+
+def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A NumPy generator seeded from torch's (or torch's global one): the same torch seed gives the same masks."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device)))
+
+
+def block_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: float, *,
+               generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+    """BEiT-style block-wise masking (Table 1f), with exactly L - K removed patches in every row.
+
+    Rectangles are placed at random until L - K patches are removed. Each draws an area uniformly between
+    ``min(16, L - K)`` and the number still to remove, and an aspect ratio (height / width) log-uniformly in
+    [0.3, 1/0.3]; its sides are rounded and clamped to the grid, so on grids too small or too thin for 16 patches at
+    that aspect the block is the largest that fits. A block is placed only if it removes at least one new patch and
+    no more than are still to remove (it may overlap earlier blocks); after 10 failed placements the remaining
+    patches (fewer than a block, typically) are removed at random. Blocks never overshoot, so no trimming is needed.
+
+    Args:
+        grid_size: (gh, gw) patch grid, or one int for a square grid.
+        mask_ratio: fraction removed, in [0, 1); K = int(L * (1 - mask_ratio)) patches stay.
+        generator: torch generator to draw from (torch's global one when None): same state, same masks.
+
+    Returns:
+        float32 (B, L), 1 = removed, row-major over the grid.
+    """
+    B, (gh, gw), ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
+    L = gh * gw
+    remove = L - num_kept(L, ratio)
+    rng = _numpy_rng(generator)
+    min_area = min(BLOCK_MIN_PATCHES, remove)
+    log_lo, log_hi = np.log(BLOCK_ASPECT[0]), np.log(BLOCK_ASPECT[1])
+    masks = np.zeros((B, gh, gw), dtype=bool)
+    for grid in masks:  # each (gh, gw) view is filled in place
+        done = 0
+        while done < remove:
+            for _ in range(_BLOCK_TRIES):
+                area = rng.uniform(min_area, max(min_area, remove - done))
+                aspect = np.exp(rng.uniform(log_lo, log_hi))
+                h = min(gh, max(1, round(np.sqrt(area * aspect))))
+                w = min(gw, max(1, round(np.sqrt(area / aspect))))
+                top, left = rng.integers(0, gh - h + 1), rng.integers(0, gw - w + 1)
+                new = h * w - int(grid[top:top + h, left:left + w].sum())
+                if 0 < new <= remove - done:
+                    grid[top:top + h, left:left + w] = True
+                    done += new
+                    break
+            else:  # no block fits what is left: finish at random
+                free = np.flatnonzero(~grid)
+                grid.flat[rng.choice(free, remove - done, replace=False)] = True
+                done = remove
+    return torch.from_numpy(masks.reshape(B, L)).to(device=device, dtype=torch.float32)  # (B, L)
+
+
+def grid_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: float = 0.75, *,
+              offset: tuple[int, int] | None = None, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> Tensor:
+    """Grid-wise masking (Table 1f, Fig. 6): keep one patch of every 2x2 cell, a regular lattice; ratio 0.75 only.
+
+    The kept patch sits at the same ``offset`` (row, column) inside every cell of an image, so the visible patches
+    form the paper's regular grid. By default the offset is drawn per image: with one fixed offset three quarters of
+    the positions would never be seen by the encoder and one quarter never predicted, a bias the paper's figure does
+    not call for (it shows the pattern, not a position). Pass ``offset=(0, 0)`` for one fixed lattice.
+
+    Returns float32 (B, L), 1 = removed, exactly L / 4 kept per row."""
+    B, (gh, gw), ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
+    if ratio != 0.75:
+        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, so mask_ratio must be 0.75, got "
+                         f"{mask_ratio!r}")
+    if gh % 2 or gw % 2:
+        raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size ({gh}, {gw})")
+    if offset is not None:
+        if type(offset) not in (tuple, list) or list(offset) not in ([0, 0], [0, 1], [1, 0], [1, 1]):
+            raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
+        offset = tuple(check_int(v, "offset") for v in offset)  # 0.0 == 0 and True == 1, but not ints
+    gen_device = generator.device if generator is not None else "cpu"
+    offsets = (torch.randint(0, 2, (B, 2), generator=generator, device=gen_device) if offset is None
+               else torch.tensor(offset).expand(B, 2)).to(device)  # (B, 2)
+    rows = torch.arange(gh, device=device).view(1, gh, 1) % 2  # (1, gh, 1)
+    cols = torch.arange(gw, device=device).view(1, 1, gw) % 2  # (1, 1, gw)
+    kept = (rows == offsets[:, 0].view(B, 1, 1)) & (cols == offsets[:, 1].view(B, 1, 1))  # (B, gh, gw)
+    return (~kept).reshape(B, gh * gw).float()  # (B, L)
+
+
+def mask_ratio_for(num_patches: int, num_removed: int) -> float:
+    """A mask ratio whose K = int(L * (1 - ratio)) is exactly L - num_removed (num_removed / L can round off by one)."""
+    return 0.0 if num_removed == 0 else (num_removed - 0.5) / num_patches
+
+
+def mask_to_noise(mask: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Masking noise that makes the argsort masking reproduce ``mask``: kept patches rank first, removed ones last.
+
+    Kept patches get noise in [0, 0.49), removed ones in [0.5, 0.99), each group in random order, so
+    ``random_masking(x, mask_ratio_for(L, removed), noise=mask_to_noise(mask)).mask`` is ``mask`` itself.
+
+    Args: ``mask`` (B, L), 1 = removed, same count per row (``check_mask``); ``generator`` for the order in a group.
+    Returns float32 (B, L) on the mask's device.
+    """
+    check_mask(mask)
+    check_generator(generator)
+    gen_device = generator.device if generator is not None else mask.device
+    u = torch.rand(mask.shape, generator=generator, device=gen_device).to(mask.device)  # (B, L) in [0, 1)
+    return mask.float() * 0.5 + u * 0.49  # (B, L); 0.49 keeps the groups apart after float32 rounding

@@ -1,11 +1,13 @@
 """The Masked Autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", 2021).
 
-Data flow (see DESIGN.md):
-    imgs (B, C, H, W) -> patch_embed (B, L, D) -> + pos_embed -> random_masking (B, K, D) -> [cls] (B, 1+K, D)
-    -> blocks -> norm = latent (B, 1+K, D)
-    latent -> decoder_embed (B, 1+K, Dd) -> + mask tokens, unshuffle (B, 1+L, Dd) -> + decoder_pos_embed
-    -> decoder_blocks -> decoder_norm -> decoder_pred (B, 1+L, P) -> drop cls = pred (B, L, P)
-    loss = MSE(pred, patchify(imgs) [normalised per patch]) averaged over the removed patches only.
+Data flow (DESIGN.md), one path, top to bottom: ``forward`` = ``encoder`` -> ``decoder`` -> ``loss``.
+    encoder: imgs (B, C, H, W) -> patchify (B, L, P) -> random_masking (B, K, P) -> patch_embed + pos_embed (B, K, D)
+             -> [cls] (B, 1+K, D) -> blocks -> norm = latent (B, 1+K, D)
+             (the embedding is linear per patch, so embedding after masking equals the paper's embed-then-mask)
+    decoder: latent -> decoder_embed (B, 1+K, Dd) -> + mask tokens, unshuffle (B, 1+L, Dd) -> + decoder_pos_embed
+             -> decoder_blocks -> decoder_norm -> decoder_pred (B, 1+L, P) -> drop cls = pred (B, L, P)
+             (training asks for the removed patches only: the last block and the head then run on those rows)
+    loss:    MSE(pred, patchify(imgs) [normalised per patch]) averaged over the removed patches only.
 
 Shape legend: B batch, C channels, H/W image size, L patches, K kept patches, D encoder width, Dd decoder width,
 P = ph * pw * C pixels per patch. ``mask`` is (B, L), 1 = removed (masked), 0 = kept (visible).
@@ -19,8 +21,18 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as MF
-from ._checks import check_mask_ratio
-from .config import MAEConfig
+from ._checks import (
+    check_bool,
+    check_device,
+    check_dtype,
+    check_fits,
+    check_generator,
+    check_images,
+    check_indices,
+    check_mask_ratio,
+    check_tensor,
+)
+from .config import MAEConfig, check_masking
 from .layers import Block, LayerNorm, PatchEmbedding
 
 __all__ = ["MaskedAutoEncoder", "EncoderOutput", "MAEOutput", "create_model"]
@@ -56,6 +68,7 @@ class MaskedAutoEncoder(nn.Module):
         mlp_ratio: MLP hidden width over block width.
         norm_pix_loss: reconstruct per-patch normalised pixels (paper: better features).
         mask_ratio: default fraction of patches removed, overridable per call.
+        masking: default masking strategy, "random" (the paper's), "block" or "grid" (Table 1f), overridable per call.
         device, dtype: where and in which floating type the parameters are created.
     """
 
@@ -73,6 +86,7 @@ class MaskedAutoEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
         mask_ratio: float = 0.75,
+        masking: str = "random",
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -82,10 +96,15 @@ class MaskedAutoEncoder(nn.Module):
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
             decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
-            mask_ratio=mask_ratio,
+            mask_ratio=mask_ratio, masking=masking,
         )
-        if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+        device, dtype = check_device(device), check_dtype(dtype)
+        # Sizes bounded before allocating (an absurd img_size or width would get the process killed); 'meta'
+        # allocates no parameter, so the paper's largest presets still build there for free.
+        params, host = cfg.memory_bytes((dtype or torch.get_default_dtype()).itemsize)
+        on_host = device is None or device.type == "cpu"
+        check_fits(host + params * on_host, f"the model {cfg}", None)
+        check_fits(0 if on_host else params, f"the model {cfg}", device)
         self.config = cfg
         factory = {"device": device, "dtype": dtype}
         L, D, Dd = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim
@@ -146,31 +165,49 @@ class MaskedAutoEncoder(nn.Module):
         return self.cls_token.device
 
     def _check_images(self, imgs: Any) -> None:
-        if not isinstance(imgs, Tensor):
-            raise TypeError(f"imgs must be a torch.Tensor of shape (B, C, H, W), got {type(imgs).__name__}")
-        if not imgs.is_floating_point():
-            raise TypeError(
-                f"imgs must be a floating-point tensor, got dtype {imgs.dtype}; "
-                "convert integer images first, e.g. imgs.float() / 255 followed by normalisation"
-            )
         cfg = self.config
-        if imgs.ndim != 4:
-            raise ValueError(
-                f"imgs must have 4 dimensions (B, C, H, W), got {imgs.ndim} with shape {tuple(imgs.shape)}"
-            )
-        B, C, H, W = imgs.shape
-        if C != cfg.in_chans:
-            raise ValueError(f"imgs has {C} channels but the model expects in_chans={cfg.in_chans}")
-        if (H, W) != cfg.img_size:
-            raise ValueError(
-                f"imgs has size (H, W) = ({H}, {W}) but the model expects img_size={cfg.img_size}; "
-                "resize the images or build the model with that img_size"
-            )
-        if imgs.device != self.device:
-            raise ValueError(f"imgs is on {imgs.device} but the model is on {self.device}; move it with .to()")
+        check_images(imgs, cfg.in_chans, cfg.img_size, self.device, self.cls_token.dtype)
 
-    def _resolve_mask_ratio(self, mask_ratio: float | None) -> float:
-        return self.config.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
+    def _resolve_mask_ratio(self, mask_ratio: float | None, *, training: bool = False) -> float:
+        """The call's mask ratio (the config's by default); refused if it keeps no patch, or, to train, removes none."""
+        ratio = self.config.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
+        L = self.config.num_patches
+        K = MF.num_kept(L, ratio)
+        if K == 0:
+            raise ValueError(f"mask_ratio={ratio} keeps no patch out of {L}: the encoder would see nothing")
+        if training and K == L:
+            raise ValueError(f"mask_ratio={ratio} removes no patch out of {L}: the loss would be undefined")
+        return ratio
+
+    def _masking_noise(
+        self,
+        B: int,
+        mask_ratio: float | None,
+        noise: Tensor | None,
+        generator: torch.Generator | None,
+        masking: str | None,
+        mask: Tensor | None,
+    ) -> tuple[float, Tensor | None]:
+        """Every masking strategy as (ratio, noise) for the one argsort masking: block, grid and user masks become
+        noise that ranks their kept patches first (``mask_to_noise``); random masking draws its own."""
+        cfg = self.config
+        L = cfg.num_patches
+        check_generator(generator)
+        if mask is not None:
+            if noise is not None or masking is not None or mask_ratio is not None:
+                raise ValueError("pass mask alone: it already fixes which patches are removed (and so the ratio)")
+            if check_tensor(mask, "mask", "(B, L)").device != self.device:
+                raise ValueError(f"mask is on {mask.device} but the model is on {self.device}; move it with .to()")
+            if (removed := MF.check_mask(mask, B, L)) == L:
+                raise ValueError(f"mask removes all {L} patches of every image: it keeps no patch to encode")
+            return self._resolve_mask_ratio(MF.mask_ratio_for(L, removed)), MF.mask_to_noise(mask, generator=generator)
+        ratio = self._resolve_mask_ratio(mask_ratio)
+        strategy = check_masking(cfg.masking if masking is None else masking, ratio, cfg.grid_size)
+        if noise is not None or strategy == "random":
+            return ratio, noise
+        draw = MF.block_mask if strategy == "block" else MF.grid_mask
+        chosen = draw(B, cfg.grid_size, ratio, generator=generator, device=self.device)  # (B, L) 1 = removed
+        return ratio, MF.mask_to_noise(chosen, generator=generator)
 
     # ------------------------------------------------------------------ pixels <-> patches
 
@@ -185,41 +222,6 @@ class MaskedAutoEncoder(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def _embed(self, imgs: Tensor) -> Tensor:
-        """Patch tokens with their positions added BEFORE masking, so every kept token knows where it came from."""
-        return self.patch_embed(imgs) + self.pos_embed[:, 1:]  # (B, L, D)
-
-    def _embed_kept(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
-        """``_embed(imgs)`` gathered at ``ids_keep`` (B, K), computed for the K kept patches only.
-
-        The patch projection is linear per patch, so cutting the pixels first and projecting only the visible
-        ones gives the same tokens for a quarter of the embedding work (forward and backward).
-        """
-        pixels = self.patchify(imgs)  # (B, L, P)
-        kept = MF.gather_tokens(pixels, ids_keep)  # (B, K, P)
-        return self.patch_embed.embed_patches(kept) + self.pos_embed[0, 1:][ids_keep]  # (B, K, D)
-
-    def _mask_and_encode(
-        self, imgs: Tensor, mask_ratio: float, noise: Tensor | None, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Draw the masking, embed and encode the visible patches: the encoder, plus ``ids_shuffle`` (B, L)."""
-        B, L = imgs.shape[0], self.config.num_patches
-        ids_shuffle, ids_restore, mask = MF.masking_indices(
-            B, L, mask_ratio, noise=noise, generator=generator, device=imgs.device
-        )
-        x = self._embed_kept(imgs, ids_shuffle[:, : MF.num_kept(L, mask_ratio)])  # (B, K, D)
-        # The mask takes the token dtype, as random_masking gives it (float32 under autocast, like the tokens).
-        return self._encode(x), mask.to(x.dtype), ids_restore, ids_shuffle  # latent (B, 1+K, D)
-
-    def _encode(self, x: Tensor) -> Tensor:
-        """Prepend the cls token and run the transformer: (B, N, D) -> (B, 1+N, D)."""
-        B = x.shape[0]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1)  # (B, 1+N, D)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
     def encoder(
         self,
         imgs: Tensor,
@@ -227,79 +229,114 @@ class MaskedAutoEncoder(nn.Module):
         *,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        masking: str | None = None,
+        mask: Tensor | None = None,
     ) -> EncoderOutput:
         """Embed, mask, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
+
+        The patch embedding is a linear map of each patch's pixels (a stride-p convolution), so masking the pixel
+        patches first and embedding the K visible ones gives the tokens the paper's order (embed, add positions,
+        mask) gives, for a quarter of the embedding work.
 
         Args:
             imgs: (B, C, H, W) floating-point images, normalised as in training.
             mask_ratio: fraction removed; defaults to ``config.mask_ratio``. 0 keeps every patch in order.
-            noise: optional (B, L) noise fixing the masking (small = keep), for exact reproduction.
-            generator: optional ``torch.Generator`` to draw the masking noise from.
+            noise: optional (B, L) noise fixing the masking (small = keep), for exact reproduction; it decides the
+                masking whatever the strategy.
+            generator: optional ``torch.Generator`` to draw the masking (noise, blocks, grid offsets) from.
+            masking: "random", "block" or "grid" (Table 1f); defaults to ``config.masking``.
+            mask: optional (B, L) mask of your own, 1 = removed, the same number removed in every row; it replaces
+                ``mask_ratio``, ``noise`` and ``masking``.
 
         Returns:
             ``EncoderOutput(latent (B, 1+K, D), mask (B, L), ids_restore (B, L))``.
         """
         self._check_images(imgs)
-        ratio = self._resolve_mask_ratio(mask_ratio)
-        latent, mask, ids_restore, _ = self._mask_and_encode(imgs, ratio, noise, generator)
-        return EncoderOutput(latent, mask, ids_restore)  # latent (B, 1+K, D)
+        ratio, noise = self._masking_noise(imgs.shape[0], mask_ratio, noise, generator, masking, mask)
+        visible = MF.random_masking(self.patchify(imgs), ratio, noise=noise, generator=generator)  # (B, K, P)
+        x = self.patch_embed.embed_patches(visible.x_kept)  # (B, K, D)
+        x = x + self.pos_embed[0, 1:][visible.ids_keep]  # (B, K, D) each token's own position
+        B = x.shape[0]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
+        for block in self.blocks:
+            x = block(x)
+        return EncoderOutput(self.norm(x), visible.mask, visible.ids_restore)  # latent (B, 1+K, D)
 
     def forward_features(self, imgs: Tensor) -> Tensor:
-        """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm."""
-        self._check_images(imgs)
-        return self._encode(self._embed(imgs))
+        """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm.
+
+        The encoder at mask ratio 0 (every patch kept, in the original order).
+        """
+        return self.encoder(imgs, mask_ratio=0.0).latent
 
     # ------------------------------------------------------------------ decoder
 
-    def decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Reconstruct every patch from the encoded visible ones.
+    def decoder(self, latent: Tensor, ids_restore: Tensor, *, patches: Tensor | None = None) -> Tensor:
+        """Reconstruct the pixels of every patch (or of the ones asked for) from the encoded visible ones.
 
         Args:
             latent: (B, 1+K, D) from ``encoder``.
             ids_restore: (B, L) from ``encoder``.
+            patches: optional (B, M) patch indices (original order) to predict; the last decoder block and the
+                prediction head then run on those M rows only. Training asks for the removed patches, the only
+                ones the loss reads (``forward(..., loss_only=True)``).
 
         Returns:
-            pred (B, L, P): predicted pixels of every patch, original order.
+            pred (B, L, P) for every patch in the original order, or (B, M, P) for ``patches``.
         """
         cfg = self.config
-        if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim:
+        L = cfg.num_patches
+        check_tensor(latent, "latent", f"(B, 1+K, {cfg.embed_dim})")
+        if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim or latent.shape[1] < 1:
             raise ValueError(f"latent must be (B, 1+K, {cfg.embed_dim}), got shape {tuple(latent.shape)}")
         B, N, _ = latent.shape
-        if tuple(ids_restore.shape) != (B, cfg.num_patches) or N - 1 > cfg.num_patches:
+        check_tensor(ids_restore, "ids_restore", f"(B, L) = ({B}, {L})")
+        if tuple(ids_restore.shape) != (B, L) or N - 1 > L:
             raise ValueError(
-                f"ids_restore must be (B, L) = ({B}, {cfg.num_patches}) with at most L kept tokens in latent, "
+                f"ids_restore must be (B, L) = ({B}, {L}) with at most L kept tokens in latent, "
                 f"got ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}"
             )
-        x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
-        for block in self.decoder_blocks:
-            x = block(x)
-        x = self.decoder_pred(self.decoder_norm(x))  # (B, 1+L, P)
-        return x[:, 1:]  # (B, L, P): drop the cls row
-
-    def _decoder_tokens(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Decoder input: embedded latent + mask tokens, unshuffled to patch order, cls first, positions added."""
+        check_indices(ids_restore, "ids_restore", L, latent.device)
+        if patches is not None:
+            if check_tensor(patches, "patches", "(B, M)", ndim=2).shape[0] != B or patches.shape[1] > L:
+                raise ValueError(f"patches must be (B, M) with B = {B} and M <= {L}, got {tuple(patches.shape)}")
+            check_indices(patches, "patches", L, latent.device)
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
-        patches = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd)
-        return torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd)
+        tokens = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd) mask tokens added
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd) cls first
+        rows = None if patches is None else patches + 1  # (B, M) token rows: +1 skips the cls row
+        *blocks, last = self.decoder_blocks
+        for block in blocks:
+            x = block(x)
+        x = last(x, rows)  # (B, 1+L, Dd), or (B, M, Dd) at rows
+        x = self.decoder_pred(self.decoder_norm(x))  # (B, 1+L, P) or (B, M, P)
+        return x[:, 1:] if patches is None else x  # drop the cls row
 
     # ------------------------------------------------------------------ loss
 
-    def loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+    def loss(self, imgs: Tensor, pred: Tensor, mask: Tensor, *, patches: Tensor | None = None) -> Tensor:
         """MSE between predicted and true pixels, over the removed patches only.
 
         Args:
             imgs: (B, C, H, W) the input images.
-            pred: (B, L, P) from ``decoder``.
+            pred: (B, L, P) from ``decoder``, or (B, M, P) when the decoder was asked for ``patches``.
             mask: (B, L), 1 = removed; visible patches contribute nothing (and get zero gradient).
+            patches: (B, M) the patch indices ``pred``'s rows belong to, if not all of them.
 
         Returns:
             Scalar loss. With ``norm_pix_loss`` the target patches are normalised by their own mean and std.
         """
+        self._check_images(imgs)
+        check_tensor(pred, "pred", "(B, L, P)")
         target = self.patchify(imgs)  # (B, L, P)
+        if check_tensor(mask, "mask", "(B, L)").shape != target.shape[:2]:
+            raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
+        if patches is not None:
+            check_indices(check_tensor(patches, "patches", "(B, M)", ndim=2), "patches", target.shape[1], self.device)
+            target, mask = MF.gather_tokens(target, patches), mask.gather(1, patches)  # (B, M, P), (B, M)
         if pred.shape != target.shape:
             raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
-        if mask.shape != target.shape[:2]:
-            raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
         return MF.masked_mse_loss(pred, target, mask, self.config.norm_pix_loss)
 
     # ------------------------------------------------------------------ forward
@@ -311,105 +348,38 @@ class MaskedAutoEncoder(nn.Module):
         *,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        masking: str | None = None,
+        mask: Tensor | None = None,
         loss_only: bool = False,
     ) -> MAEOutput:
-        """Encode the visible patches, reconstruct all, and score the removed ones.
+        """Encode the visible patches, reconstruct the removed ones, and score them: encoder -> decoder -> loss.
 
         Args:
-            loss_only: opt-in training fast path: compute only what the loss needs (see ``training_loss``) and
-                return ``pred=None``. Same loss, mask and gradients. Use it where the model must be called
-                through ``forward`` (e.g. wrapped in DistributedDataParallel): ``model(imgs, loss_only=True).loss``.
+            imgs, mask_ratio, noise, generator, masking, mask: as for ``encoder``.
+            loss_only: compute only what the loss reads: the decoder's last block and head run on the removed
+                patches alone, and ``pred`` comes back as None. Same loss, mask and gradients. The training loop
+                uses it (also through DistributedDataParallel: ``model(imgs, loss_only=True).loss``).
 
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
-        if loss_only:
-            loss, mask = self._loss_on_removed(imgs, mask_ratio, noise, generator)
-            return MAEOutput(loss, None, mask)
-        ratio = self._training_mask_ratio(mask_ratio)
-        latent, mask, ids_restore = self.encoder(imgs, ratio, noise=noise, generator=generator)
-        pred = self.decoder(latent, ids_restore)
-        return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
-
-    def training_loss(
-        self,
-        imgs: Tensor,
-        mask_ratio: float | None = None,
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """``forward(imgs, ...).loss`` computed with only the work the loss needs: the fast training entry point.
-
-        Same arguments, same masking for the same noise or generator, same loss value and gradients (up to float
-        rounding) as ``forward``. It saves work that forward must do to return ``pred`` for every patch: the last
-        decoder block's queries, MLP, ``decoder_norm`` and ``decoder_pred`` run on the removed patches only (Sec. 3:
-        the loss is computed on removed patches only), and no (B, L, P) prediction is materialised. Use it in
-        training loops: ``loss = model.training_loss(imgs); loss.backward()``; through a wrapper that only calls
-        ``forward`` (DistributedDataParallel), use ``model(imgs, loss_only=True).loss``, the same computation.
-
-        Returns:
-            Scalar loss: per-patch MSE averaged over the removed patches.
-        """
-        return self._loss_on_removed(imgs, mask_ratio, noise, generator)[0]
-
-    def _loss_on_removed(
-        self, imgs: Tensor, mask_ratio: float | None, noise: Tensor | None, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        """The loss, decoding the last block and the prediction head on removed patches only; plus the mask."""
-        ratio = self._training_mask_ratio(mask_ratio)
-        self._check_images(imgs)
-        latent, mask, ids_restore, ids_shuffle = self._mask_and_encode(imgs, ratio, noise, generator)
-        L = ids_shuffle.shape[1]
-        removed = ids_shuffle[:, MF.num_kept(L, ratio) :]  # (B, M) the removed patches, M = L - K
-        x = self._decoder_tokens(latent, ids_restore)  # (B, 1+L, Dd)
-        for block in self.decoder_blocks[:-1]:
-            x = block(x)
-        x = self.decoder_blocks[-1].forward_rows(x, removed + 1)  # (B, M, Dd); +1 skips the cls row
-        pred = self.decoder_pred(self.decoder_norm(x))  # (B, M, P)
-        pixels = self.patchify(imgs)  # (B, L, P)
-        target = MF.gather_tokens(pixels, removed)  # (B, M, P)
-        loss = MF.per_patch_mse(pred, target, self.config.norm_pix_loss).mean()  # every row is a removed patch
-        return loss, mask
-
-    def _training_mask_ratio(self, mask_ratio: float | None) -> float:
-        ratio = self._resolve_mask_ratio(mask_ratio)
-        if MF.num_kept(self.config.num_patches, ratio) == self.config.num_patches:
-            raise ValueError(
-                f"mask_ratio={ratio} removes no patch out of {self.config.num_patches}: the loss would be undefined"
-            )
-        return ratio
+        loss_only = check_bool(loss_only, "loss_only")
+        if mask is None:  # (a mask of your own is checked by the loss: it must remove at least one patch)
+            mask_ratio = self._resolve_mask_ratio(mask_ratio, training=True)
+        latent, mask, ids_restore = self.encoder(
+            imgs, mask_ratio, noise=noise, generator=generator, masking=masking, mask=mask
+        )
+        removed = MF.shuffle_order(ids_restore)[:, latent.shape[1] - 1 :] if loss_only else None  # (B, L - K)
+        pred = self.decoder(latent, ids_restore, patches=removed)
+        loss = self.loss(imgs, pred, mask, patches=removed)
+        return MAEOutput(loss, None if loss_only else pred, mask)
 
     def extra_repr(self) -> str:
         cfg = self.config
         return (
             f"img_size={cfg.img_size}, patch_size={cfg.patch_size}, in_chans={cfg.in_chans}, "
-            f"mask_ratio={cfg.mask_ratio}, norm_pix_loss={cfg.norm_pix_loss}"
+            f"mask_ratio={cfg.mask_ratio}, masking={cfg.masking!r}, norm_pix_loss={cfg.norm_pix_loss}"
         )
-
-    # ------------------------------------------------------------------ checkpoints (mae/checkpoints.py)
-
-    @classmethod
-    def from_pretrained(
-        cls, source: Any, *, device: Any = None, dtype: Any = None, strict: bool = False, **overrides: Any
-    ) -> MaskedAutoEncoder:
-        """Build the model a checkpoint describes and load its weights (see ``mae.checkpoints``).
-
-        Reads official release files, directories from ``save_pretrained`` or the trainer, Hugging Face ViTMAE
-        directories, and state dicts; pickled files only through ``torch.load(weights_only=True)``. The config comes
-        from the checkpoint (its config file, else its tensor shapes); ``overrides`` win. A partial load (e.g. an
-        encoder-only file leaves the decoder untrained) warns with the load report; ``mae.checkpoints.load_pretrained``
-        returns the report.
-        """
-        from .checkpoints import from_pretrained
-
-        return from_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
-
-    def save_pretrained(self, directory: Any) -> Any:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory``; ``from_pretrained`` reloads it exactly."""
-        from .checkpoints import save_pretrained
-
-        return save_pretrained(self, directory)
 
 
 def create_model(name: str, *, device: Any = None, dtype: Any = None, **overrides: Any) -> MaskedAutoEncoder:

@@ -18,25 +18,23 @@ touched (no backend switch, no figure registry), so this is safe in headless CI,
 from __future__ import annotations
 
 import os
-import secrets
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-try:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-except ImportError as err:  # the core package does not need matplotlib; only this module does
-    raise ImportError("mae.visualize needs matplotlib (>= 3.8): pip install matplotlib") from err
-
 from . import functional as MF
+from ._checks import check_bool, check_positive_int, check_str
 from .config import IMAGENET_MEAN, IMAGENET_STD
+from .io.atomic import atomic_write
 from .model import MaskedAutoEncoder
+
+if TYPE_CHECKING:  # matplotlib is optional (the train extra): imported where a figure is made
+    from matplotlib.figure import Figure
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -179,28 +177,16 @@ def _save_png_atomic(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Pat
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path must be a file path for the PNG, got the existing directory {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL with mode 0o666 (not tempfile.mkstemp's 0o600) so the final file gets the usual umask permissions.
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def _new_figure(width: float, height: float) -> Figure:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:  # the core package does not need matplotlib; only figures do
+        raise ImportError("mae.visualize's figures need matplotlib (>= 3.8): pip install 'mae-pytorch[train]' "
+                          "or pip install matplotlib") from err
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # attach an Agg canvas to this figure only; the global backend is left alone
     return fig
@@ -241,10 +227,8 @@ def reconstruction_figure(
     grey. Removed patches in the "masked" column are 0 in the input space, i.e. the dataset mean colour when
     ``mean``/``std`` are given (as in the paper's figures), black otherwise.
     """
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ValueError(f"max_images must be a positive int, got {max_images!r}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    max_images, dpi = check_positive_int(max_images, "max_images"), check_positive_int(dpi, "dpi")
+    title = None if title is None else check_str(title, "title")
     if (mean is None) != (std is None):
         raise ValueError(f"pass both mean and std to undo the input normalisation, or neither; got mean={mean!r}, "
                          f"std={std!r}")
@@ -341,8 +325,7 @@ def loss_curve_figure(
     x, y = _as_1d(steps, "steps"), _as_1d(losses, "losses")
     if len(x) != len(y):
         raise ValueError(f"steps and losses must have the same length, got {len(x)} and {len(y)}")
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
+    dpi, title, log_y = check_positive_int(dpi, "dpi"), check_str(title, "title"), check_bool(log_y, "log_y")
     keep = np.isfinite(x) & np.isfinite(y)
     if not keep.any():
         raise ValueError(f"losses has no finite value to plot (got {len(y)} values)")

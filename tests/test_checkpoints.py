@@ -16,8 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mae
 from mae import MAEConfig, MaskedAutoEncoder, create_model
-from mae.checkpoints import (
+from mae.functional import sincos_pos_embed_2d
+from mae.io import (
     UnsafeCheckpointError,
     infer_config,
     load_checkpoint,
@@ -25,7 +27,6 @@ from mae.checkpoints import (
     read_checkpoint,
     resize_pos_embed,
 )
-from mae.functional import sincos_pos_embed_2d
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -54,11 +55,11 @@ def encoder_part(state_dict):
 
 def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
     model = tiny(norm_pix_loss=True, mask_ratio=0.6, img_size=(32, 48))
-    model.save_pretrained(tmp_path / "run")
+    mae.save_pretrained(model, tmp_path / "run")
     assert sorted(os.listdir(tmp_path / "run")) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["format"] == "mae-pytorch" and config["img_size"] == [32, 48]
-    back = MaskedAutoEncoder.from_pretrained(tmp_path / "run")
+    back = mae.from_pretrained(tmp_path / "run")
     assert back.config == model.config and same_weights(back, model)
 
 
@@ -66,7 +67,7 @@ def test_training_run_directory_loads(tmp_path):
     """The trainer's checkpoints hold config.json (maybe with extra keys) + model.safetensors + train_state.pt."""
     model = tiny(seed=1)
     ckpt = tmp_path / "runs" / "x" / "checkpoints" / "last"
-    model.save_pretrained(ckpt)
+    mae.save_pretrained(model, ckpt)
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "step": 1200, "some_future_field": [1, 2]}))
     torch.save({"optimizer": {"state": {}}, "step": 1200}, ckpt / "train_state.pt")
@@ -76,13 +77,13 @@ def test_training_run_directory_loads(tmp_path):
 
 
 def test_save_replaces_files_and_refuses_a_file_path(tmp_path):
-    tiny(seed=0).save_pretrained(tmp_path)
-    tiny(seed=5).save_pretrained(tmp_path)  # overwrite in place
-    assert same_weights(MaskedAutoEncoder.from_pretrained(tmp_path), tiny(seed=5))
+    mae.save_pretrained(tiny(seed=0), tmp_path)
+    mae.save_pretrained(tiny(seed=5), tmp_path)  # overwrite in place
+    assert same_weights(mae.from_pretrained(tmp_path), tiny(seed=5))
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
-        tiny().save_pretrained(tmp_path / "file")
+        mae.save_pretrained(tiny(), tmp_path / "file")
 
 
 # ---------------------------------------------------------------------------------------------- official layouts
@@ -100,7 +101,7 @@ def test_official_encoder_only_file_reports_untrained_decoder(tmp_path):
     model = tiny(seed=3)
     torch.save({"model": encoder_part(model.state_dict())}, tmp_path / "mae_pretrain_tiny.pth")
     with pytest.warns(UserWarning, match="decoder left at initialisation"):
-        back = MaskedAutoEncoder.from_pretrained(tmp_path / "mae_pretrain_tiny.pth", **TINY)
+        back = mae.from_pretrained(tmp_path / "mae_pretrain_tiny.pth", **TINY)
     assert same_weights(back, model, keys=encoder_part(model.state_dict()))
     _, report = load_pretrained(tmp_path / "mae_pretrain_tiny.pth", **TINY)
     assert not report.decoder_loaded and "mask_token" in report.missing and "encoder-only" in str(report)
@@ -172,7 +173,7 @@ def test_fixed_tables_regenerated_exactly_for_other_sizes(tmp_path, img_size):
 
 
 def test_non_square_directory_grid_is_read_from_its_config(tmp_path):
-    tiny(img_size=(16, 64)).save_pretrained(tmp_path)  # (2, 8) grid: L = 16, like a (4, 4) grid
+    mae.save_pretrained(tiny(img_size=(16, 64)), tmp_path)  # (2, 8) grid: L = 16, like a (4, 4) grid
     back, report = load_pretrained(tmp_path, img_size=32)
     assert torch.equal(back.pos_embed[0], sincos_pos_embed_2d(64, (4, 4)))
     assert any("(4, 4) (file: (2, 8))" in n for n in report.notes)
@@ -226,7 +227,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": tiny().state_dict(), "extra": _Payload(marker)}, tmp_path / "evil.pth")
     with pytest.raises(UnsafeCheckpointError, match=r"refused to load .*evil\.pth.*could run arbitrary code"):
-        MaskedAutoEncoder.from_pretrained(tmp_path / "evil.pth", **HEADS)
+        mae.from_pretrained(tmp_path / "evil.pth", **HEADS)
     assert not marker.exists()
     # The same file inside a directory, named as Hugging Face names pickled weights.
     (tmp_path / "d").mkdir()
@@ -238,9 +239,9 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
 
 def test_safetensors_preferred_over_pickle_in_a_directory(tmp_path):
     marker = tmp_path / "pwned"
-    tiny(seed=9).save_pretrained(tmp_path)
+    mae.save_pretrained(tiny(seed=9), tmp_path)
     torch.save({"model": tiny(seed=10).state_dict(), "x": _Payload(marker)}, tmp_path / "pytorch_model.bin")
-    back = MaskedAutoEncoder.from_pretrained(tmp_path)
+    back = mae.from_pretrained(tmp_path)
     assert same_weights(back, tiny(seed=9)) and not marker.exists()
 
 
@@ -268,7 +269,7 @@ def test_unreadable_files_give_clear_errors(tmp_path, kind):
         torch.save({"model": tiny().state_dict()}, path)
         path.write_bytes(path.read_bytes()[:5000])
     elif kind == "truncated-safetensors":
-        tiny().save_pretrained(tmp_path)
+        mae.save_pretrained(tiny(), tmp_path)
         path.write_bytes((tmp_path / "model.safetensors").read_bytes()[:5000])
     elif kind == "text":
         path.write_text("these are not the weights you are looking for\n" * 20)
@@ -290,15 +291,15 @@ def test_missing_path_and_empty_directory(tmp_path):
 
 
 def test_foreign_config_json_is_refused(tmp_path):
-    tiny().save_pretrained(tmp_path)
+    mae.save_pretrained(tiny(), tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ResNet"], "hidden_sizes": [64]}))
     with pytest.raises(ValueError, match="neither a mae-pytorch config"):
         read_checkpoint(tmp_path)
 
 
 def test_checkpoints_import_does_not_pull_in_transformers():
-    """mae.checkpoints must not import transformers (a test-only dependency)."""
-    code = "import sys, mae.checkpoints, mae.interop.hf; print('transformers' in sys.modules)"
+    """mae.io must not import transformers (a test-only dependency)."""
+    code = "import sys, mae.io, mae.io.hf; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert out.stdout.strip() == "False"
@@ -306,8 +307,8 @@ def test_checkpoints_import_does_not_pull_in_transformers():
 
 def test_bfloat16_round_trip_and_meta_device(tmp_path):
     model = tiny(seed=11, dtype=torch.bfloat16)
-    model.save_pretrained(tmp_path)
-    back = MaskedAutoEncoder.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    mae.save_pretrained(model, tmp_path)
+    back = mae.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert back.cls_token.dtype == torch.bfloat16 and same_weights(back, model)
     # On the meta device nothing is copied, but names and shapes are still checked.
     meta, report = load_pretrained(tmp_path, device="meta")

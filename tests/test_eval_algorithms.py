@@ -11,7 +11,6 @@ from timm.optim import param_groups_layer_decay as timm_param_groups_layer_decay
 
 from mae import create_model
 from mae.eval import LARS, knn_scores, param_groups_layer_decay, topk_accuracy
-from mae.eval.engine import cosine_lr
 from mae.eval.linprobe import FeatureBatchNorm
 
 # ---------------------------------------------------------------------------------------------- kNN
@@ -160,10 +159,3 @@ def test_layer_decay_scales_of_vit_b16_follow_the_formula():
             timm_scale[id(p)] = g["lr_scale"]
     for name, p in names.items():
         assert timm_scale[id(p)] == pytest.approx(seen[name][0], rel=1e-12), name
-
-
-def test_cosine_lr_warmup_and_floor():
-    lrs = [cosine_lr(s, base_lr=1.0, total_steps=10, warmup_steps=4, min_lr=0.1) for s in range(11)]
-    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lrs[4] == pytest.approx(1.0) and lrs[10] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))

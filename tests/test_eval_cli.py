@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import mae
 from mae.eval.cli import finetune_main, knn_main, linprobe_main
 from mae.eval.data import DIGITS_VAL_FRACTION, digits_split, load_data
 
@@ -76,7 +77,7 @@ def test_cli_checkpoint_errors(tmp_path, capsys):
 def test_cli_checkpoint_from_save_pretrained(tmp_path, capsys):
     from conftest import tiny_model
 
-    tiny_model().save_pretrained(tmp_path / "enc")
+    mae.save_pretrained(tiny_model(), tmp_path / "enc")
     data = _folder(tmp_path / "data")
     argv = ["--checkpoint", str(tmp_path / "enc"), "--data", str(data), "--device", "cpu", "--no-progress",
             "--num-workers", "0", "--k", "1", "--output-dir", str(tmp_path), "--name", "k"]

@@ -92,24 +92,30 @@ def test_encoder_keeps_official_token_order():
     assert torch.equal(ids_restore, torch.argsort(torch.argsort(noise, dim=1), dim=1))
 
 
-def test_encoder_without_masking_equals_forward_features():
+def test_forward_features_equals_the_conv_embedding_of_every_patch():
+    """Mask ratio 0 keeps every patch in the original order: the plain ViT forward on all tokens."""
     model = tiny_model()
     imgs = torch.randn(2, 3, 32, 32)
-    latent, mask, _ = model.encoder(imgs, 0.0)
-    assert not mask.any()
-    torch.testing.assert_close(latent, model.forward_features(imgs), rtol=1e-5, atol=1e-5)
+    latent, mask, ids_restore = model.encoder(imgs, 0.0)
+    assert not mask.any() and torch.equal(ids_restore, torch.arange(16).expand(2, 16))
+    x = model.patch_embed(imgs) + model.pos_embed[:, 1:]  # (B, L, D) the conv on every patch
+    x = torch.cat([(model.cls_token + model.pos_embed[:, :1]).expand(2, -1, -1), x], dim=1)
+    for block in model.blocks:
+        x = block(x)
+    torch.testing.assert_close(model.forward_features(imgs), model.norm(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(latent, model.norm(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "overrides,mask_ratio",
     [({}, 0.75), ({"norm_pix_loss": True}, 0.75), ({"decoder_depth": 1}, 0.5), ({"in_chans": 1}, 0.9)],
 )
-def test_training_loss_equals_forward_loss_with_gradients(overrides, mask_ratio):
+def test_loss_only_equals_forward_loss_with_gradients(overrides, mask_ratio):
     model = tiny_model(**overrides)
     imgs = torch.randn(4, model.config.in_chans, 32, 32)
     noise = torch.rand(4, 16)
 
-    loss = model.training_loss(imgs, mask_ratio, noise=noise)
+    loss = model(imgs, mask_ratio, noise=noise, loss_only=True).loss
     loss.backward()
     fast = grads(model)
     ref = model(imgs, mask_ratio, noise=noise).loss
@@ -135,39 +141,39 @@ def test_forward_loss_only_is_the_fast_path_through_forward():
     assert_grads_close(fast, grads(model))
 
 
-def test_training_loss_same_masking_from_generator():
+def test_loss_only_same_masking_from_generator():
     model = tiny_model()
     imgs = torch.randn(2, 3, 32, 32)
-    loss = model.training_loss(imgs, generator=torch.Generator().manual_seed(3))
+    loss = model(imgs, generator=torch.Generator().manual_seed(3), loss_only=True).loss
     ref = model(imgs, generator=torch.Generator().manual_seed(3)).loss
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_training_loss_rejects_what_forward_rejects():
+def test_loss_only_rejects_what_forward_rejects():
     model = tiny_model()
     with pytest.raises(ValueError, match="mask_ratio"):
-        model.training_loss(torch.randn(2, 3, 32, 32), 0.0)
+        model(torch.randn(2, 3, 32, 32), 0.0, loss_only=True)
     with pytest.raises(ValueError, match="img_size"):
-        model.training_loss(torch.randn(2, 3, 16, 16))
+        model(torch.randn(2, 3, 16, 16), loss_only=True)
 
 
-def test_training_loss_under_bf16_autocast_matches_forward():
+def test_loss_only_under_bf16_autocast_matches_forward():
     model = tiny_model(norm_pix_loss=True)
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = model.training_loss(imgs, noise=noise)
+        fast = model(imgs, noise=noise, loss_only=True).loss
         ref = model(imgs, noise=noise).loss
     assert fast.dtype == ref.dtype == torch.float32  # the loss is reduced in float32
     torch.testing.assert_close(fast, ref, rtol=2e-2, atol=1e-3)  # bf16 rounding, not a different function
 
 
-def test_block_forward_rows_equals_forward_gathered():
+def test_block_rows_equals_forward_gathered():
     torch.manual_seed(0)
     block = Block(32, 4)
     x = torch.randn(3, 10, 32)
     rows = torch.stack([torch.randperm(10)[:6] for _ in range(3)])  # (B, M) any order
 
-    fast = block.forward_rows(x, rows)
+    fast = block(x, rows)
     fast.square().sum().backward()
     fast_grads = grads(block)
     ref = block(x).gather(1, rows.unsqueeze(-1).expand(-1, -1, 32))
@@ -205,13 +211,12 @@ def test_long_bf16_sequences_take_sdpa():
     torch.testing.assert_close(attention(*short), F.scaled_dot_product_attention(*short), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("entry", ["forward", "training_loss"])
-def test_no_graph_breaks_under_dynamo(entry):
+@pytest.mark.parametrize("loss_only", [False, True])
+def test_no_graph_breaks_under_dynamo(loss_only):
     """No data-dependent Python (host syncs) in the hot paths: dynamo captures each as one graph."""
     model = tiny_model()
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
-    fn = model if entry == "forward" else model.training_loss
-    explanation = torch._dynamo.explain(fn)(imgs, noise=noise)
+    explanation = torch._dynamo.explain(model)(imgs, noise=noise, loss_only=loss_only)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 

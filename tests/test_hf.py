@@ -10,10 +10,11 @@ import json
 import pytest
 import torch
 
+import mae
 from mae import MaskedAutoEncoder
-from mae.checkpoints import load_pretrained
 from mae.functional import sincos_pos_embed_2d
-from mae.interop.hf import config_from_hf, config_to_hf, hf_to_mae_state_dict, mae_to_hf_state_dict, save_hf
+from mae.io import load_pretrained
+from mae.io.hf import config_from_hf, config_to_hf, hf_to_mae_state_dict, mae_to_hf_state_dict, save_hf
 
 transformers = pytest.importorskip("transformers")
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel  # noqa: E402
@@ -150,7 +151,7 @@ def test_pytorch_model_bin_directory(tmp_path):
     mine = ours()
     (tmp_path / "config.json").write_text(json.dumps(config_to_hf(mine.config)))
     torch.save(mae_to_hf_state_dict(mine.state_dict()), tmp_path / "pytorch_model.bin")
-    back = MaskedAutoEncoder.from_pretrained(tmp_path)
+    back = mae.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), mine.state_dict().values(), strict=True))
 
 
@@ -186,7 +187,7 @@ def test_configs_that_are_not_this_vitmae_are_refused(tmp_path, change, message)
     config = {**json.loads((tmp_path / "config.json").read_text()), **change}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        MaskedAutoEncoder.from_pretrained(tmp_path)
+        mae.from_pretrained(tmp_path)
 
 
 def test_unknown_hf_keys_are_an_error_not_silently_dropped():

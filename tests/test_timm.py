@@ -7,9 +7,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+import mae
 from mae import MaskedAutoEncoder
 from mae.functional import sincos_pos_embed_2d
-from mae.interop.timm import to_timm
+from mae.io.timm import to_timm
 
 TINY = {
     "img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 2, "num_heads": 4,
@@ -82,7 +83,7 @@ def test_export_at_another_image_size_regenerates_the_table():
 
 def test_export_from_a_saved_directory(tmp_path):
     model = trained_looking(seed=3)
-    model.save_pretrained(tmp_path)
+    mae.save_pretrained(model, tmp_path)
     vit = to_timm(tmp_path, global_pool="token").eval()
     with torch.no_grad():
         assert torch.allclose(vit.forward_features(images(model)), model.forward_features(images(model)), atol=1e-6)

@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 import mae.functional
 from mae import MAEConfig, MaskedAutoEncoder
+from mae.config import IMAGENET_MEAN, IMAGENET_STD
 from mae.train import NonFiniteLossError, TrainConfig, pretrain
-from mae.train.checkpoint import load_checkpoint
+from mae.train.checkpoint import read_train_checkpoint
 from mae.train.cli import main
-from mae.train.data import build_data
+from mae.train.data import build_data, normalize_on_device
 from mae.train.metrics import read_metrics
 from mae.train.optim import build_optimizer
 
@@ -91,7 +92,7 @@ def test_default_data_run_writes_everything(tmp_path, capsys):
         model = MaskedAutoEncoder.from_config(MAEConfig(**config))
         model.load_state_dict(weights(run, which))
     # the library's loader reads the trainer's checkpoints as they are
-    loaded = MaskedAutoEncoder.from_pretrained(run / "checkpoints" / "last", strict=True)
+    loaded = mae.from_pretrained(run / "checkpoints" / "last", strict=True)
     for k, v in weights(run).items():
         assert torch.equal(loaded.state_dict()[k], v), k
     kept, last = run / "checkpoints" / "epoch_0002", run / "checkpoints" / "last"
@@ -185,7 +186,7 @@ def test_accumulation_steps_on_the_last_partial_group(tmp_path, monkeypatch):
     assert len(seen) == 3
 
     # Independent replay: the sampler's order for epoch 0, grouped [4, 4, 2] samples, each group as ONE batch.
-    samples = build_data(cfg, cfg.model_config.num_patches).dataset
+    samples = build_data(cfg).dataset
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     model = MaskedAutoEncoder.from_config(cfg.model_config)
     params = [p for g in build_optimizer(model, lr=1.0, weight_decay=0.05).param_groups for p in g["params"]]
@@ -195,6 +196,7 @@ def test_accumulation_steps_on_the_last_partial_group(tmp_path, monkeypatch):
                 p.copy_(w)
                 p.grad = None
         imgs, noise = (torch.stack(t) for t in zip(*(samples[i] for i in group), strict=True))
+        imgs = normalize_on_device(imgs, IMAGENET_MEAN, IMAGENET_STD)  # what the training step does on its device
         model(imgs, noise=noise).loss.backward()
         for p, g in zip(params, grads, strict=True):
             torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)
@@ -217,7 +219,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     cfg = tiny_config(tmp_path, data, epochs=3)  # 2 steps per epoch
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at optimizer step 4 \(epoch 2, batch 2"):
         pretrain(cfg)
-    ckpt = load_checkpoint(tmp_path / "runs" / "t")
+    ckpt = read_train_checkpoint(tmp_path / "runs" / "t")
     assert ckpt.train_state["epoch"] == 1 and ckpt.train_state["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
 
@@ -234,7 +236,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = create_model("mae_vit_tiny_patch16", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
-    ck.save_checkpoint(path, model, {"epoch": 1})
+    ck.write_train_checkpoint(path, model, {"epoch": 1})
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
@@ -250,10 +252,10 @@ _KILL_SCRIPT = textwrap.dedent("""
         real_replace = os.replace
         def replace(src, dst):
             real_replace(src, dst)
-            if str(dst).endswith(".old-last"):
+            if str(dst).endswith(".last.old"):
                 hang("SWAPPING")
         ck.os.replace = replace
-    ck.save_checkpoint(path, model, {"epoch": 2})
+    ck.write_train_checkpoint(path, model, {"epoch": 2})
 """)
 
 
@@ -275,7 +277,7 @@ def test_sigkill_while_saving_keeps_the_previous_checkpoint(tmp_path, phase):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    ckpt = load_checkpoint(path)
+    ckpt = read_train_checkpoint(path)
     assert ckpt.train_state["epoch"] == 1
     torch.manual_seed(0)
     fresh = MaskedAutoEncoder.from_config(MAEConfig(**{k: v for k, v in ckpt.model_config.items()}))

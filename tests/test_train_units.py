@@ -1,15 +1,13 @@
-"""Unit tests of the pretraining pieces: schedule, optimizer groups, config checks, data, checkpoints."""
+"""Unit tests of the pretraining pieces: schedule, optimizer groups, config checks, checkpoints (data: test_datasets)"""
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mae import create_model
 from mae.train import TrainConfig, lr_at_step, param_groups, scaled_lr
@@ -17,11 +15,10 @@ from mae.train.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     capture_rng_state,
-    load_checkpoint,
+    read_train_checkpoint,
     restore_rng_state,
-    save_checkpoint,
+    write_train_checkpoint,
 )
-from mae.train.data import ImageFiles, PretrainSamples, UnreadableImageError, scan_image_folder, train_transform
 from mae.train.optim import build_optimizer
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
@@ -32,13 +29,6 @@ def tiny_model():
     torch.manual_seed(0)
     return create_model("mae_vit_tiny_patch16", **TINY)
 
-
-def write_images(folder, n, size=(40, 48), seed=0):
-    """n small random RGB PNGs in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
 
 # ---------------------------------------------------------------------------------------------- schedule
 
@@ -115,87 +105,20 @@ def test_defaults_follow_the_data_source():
         (dict(model_overrides={"depth": 0}), "depth must be a positive int"),
         (dict(model_overrides={"img_size": 32}), "own settings"),
         (dict(warmup_epochs=9, epochs=2), "warmup_epochs"),
+        (dict(lr=float("inf")), "lr must be a finite number"),
+        (dict(min_lr=float("nan")), "min_lr must be a finite number"),
+        (dict(weight_decay=float("nan")), "weight_decay must be a finite number"),
+        (dict(warmup_epochs=float("nan")), "warmup_epochs must be a finite number"),
+        (dict(blr=-1.0), r"blr must be in \[0.0, inf\]"),
+        (dict(mask_ratio=float("nan")), "mask_ratio must be a finite number"),
+        (dict(norm_pix_loss="false"), "norm_pix_loss must be True or False"),
+        (dict(overwrite=1), "overwrite must be True or False"),
+        (dict(num_workers=-1), "num_workers must be an int >= 0"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         TrainConfig(**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def test_scan_finds_tree_and_flat_folders(tmp_path):
-    write_images(tmp_path / "tree" / "cats", 2)
-    write_images(tmp_path / "tree" / "dogs", 3)
-    write_images(tmp_path / "flat", 4)
-    tree, skipped = scan_image_folder(tmp_path / "tree")
-    assert len(tree) == 5 and not skipped and tree == sorted(tree)
-    flat, _ = scan_image_folder(tmp_path / "flat")
-    assert len(flat) == 4
-
-
-def test_scan_skips_corrupt_files_with_a_count(tmp_path):
-    write_images(tmp_path, 3)
-    (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
-    (tmp_path / "empty.png").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
-    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image file\(s\) out of 5"):
-        readable, skipped = scan_image_folder(tmp_path)
-    assert len(readable) == 3 and sorted(p.name for p in skipped) == ["broken.jpg", "empty.png"]
-
-
-def test_scan_errors(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        scan_image_folder(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no image file"):
-        scan_image_folder(tmp_path / "empty")
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
-    with warnings.catch_warnings(), pytest.raises(ValueError, match="none of its 1 image files could be read"):
-        warnings.simplefilter("ignore")
-        scan_image_folder(tmp_path / "bad")
-
-
-def test_samples_are_a_function_of_seed_epoch_index():
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
-    ds = PretrainSamples([photo, photo], train_transform(16), num_patches=4, seed=3, repeat=2)
-    assert len(ds) == 4
-    img, noise = ds[1]
-    assert img.shape == (3, 16, 16) and noise.shape == (4,)
-    torch.manual_seed(123)  # the global generator must neither matter nor be disturbed
-    before = torch.get_rng_state()
-    again = ds[1]
-    assert torch.equal(torch.get_rng_state(), before)
-    assert torch.equal(img, again[0]) and torch.equal(noise, again[1])
-    assert not torch.equal(ds[3][1], noise)  # another index: another crop and mask
-    ds.set_epoch(1)
-    assert not torch.equal(ds[1][1], noise)  # another epoch: another draw
-
-
-def test_samples_do_not_depend_on_the_number_of_workers():
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
-    ds = PretrainSamples([photo] * 4, train_transform(16), num_patches=4, seed=0, repeat=2)
-    ds.set_epoch(3)
-    batches = {}
-    for workers in (0, 2):
-        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
-        batches[workers] = [torch.cat([img.flatten(1), noise], 1) for img, noise in loader]
-    for a, b in zip(batches[0], batches[2], strict=True):
-        assert torch.equal(a, b)
-
-
-def test_a_file_that_cannot_be_decoded_stops_with_its_name(tmp_path):
-    write_images(tmp_path, 1)
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(tmp_path / "cut.jpg")
-    full = (tmp_path / "cut.jpg").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])  # header intact, pixel data cut
-    readable, skipped = scan_image_folder(tmp_path)
-    assert len(readable) == 2 and not skipped  # the scan only reads headers
-    with pytest.raises(UnreadableImageError, match=r"cut\.jpg.*cannot be decoded"):
-        ImageFiles(readable)[0]
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -208,13 +131,13 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     opt.step()
     state = {"optimizer": opt.state_dict(), "epoch": 3, "global_step": 7, "rng": capture_rng_state(),
              "run_config": TrainConfig().to_dict()}
-    path = save_checkpoint(tmp_path / "checkpoints" / "last", model, state)
+    path = write_train_checkpoint(tmp_path / "checkpoints" / "last", model, state)
     config = json.loads((path / "config.json").read_text())
     assert config["format"] == "mae-pytorch" and config["embed_dim"] == 64
     # the contract: plain torch.load(weights_only=True) reads the training state
     raw = torch.load(path / STATE_FILE, weights_only=True)
     assert raw["epoch"] == 3 and raw["global_step"] == 7
-    ckpt = load_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
+    ckpt = read_train_checkpoint(tmp_path)  # a run folder resolves to checkpoints/last
     assert ckpt.path == path
     for k, v in model.state_dict().items():
         assert torch.equal(ckpt.model_state[k], v), k
@@ -236,20 +159,39 @@ def test_rng_state_round_trip(tmp_path):
 
 def test_save_recovers_from_a_crash_between_renames(tmp_path):
     model = tiny_model()
-    last = save_checkpoint(tmp_path / "last", model, {"epoch": 1})
+    last = write_train_checkpoint(tmp_path / "last", model, {"epoch": 1})
     # the state a crash between the two renames leaves: the previous checkpoint moved aside, no "last"
-    last.rename(tmp_path / ".old-last")
-    assert load_checkpoint(tmp_path / "last").train_state["epoch"] == 1
-    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".old-last").exists()
+    last.rename(tmp_path / ".last.old")
+    assert read_train_checkpoint(tmp_path / "last").train_state["epoch"] == 1
+    assert (tmp_path / "last" / MODEL_FILE).is_file() and not (tmp_path / ".last.old").exists()
 
 
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing")
+        read_train_checkpoint(tmp_path / "missing")
     (tmp_path / "notckpt").mkdir()
     with pytest.raises(ValueError, match="is not a checkpoint"):
-        load_checkpoint(tmp_path / "notckpt")
-    path = save_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
+        read_train_checkpoint(tmp_path / "notckpt")
+    path = write_train_checkpoint(tmp_path / "ck", tiny_model(), {"epoch": 1})
     (path / MODEL_FILE).write_bytes(b"\x00" * 100)  # damaged weights
     with pytest.raises(ValueError, match="corrupt or unreadable"):
-        load_checkpoint(path)
+        read_train_checkpoint(path)
+
+
+def test_cli_flags_come_from_the_fields():
+    """Each field has its help in its metadata; argparse types follow the hints, so '--lr inf' reaches validation."""
+    import dataclasses
+
+    from mae.train.cli import build_parser
+
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"] and f.metadata["help"] in actions[f.name].help, f.name
+    assert actions["img_size"].type is int and actions["lr"].type is float and actions["data"].type is str
+    assert actions["precision"].choices == ("auto", "fp32", "bf16", "fp16")
+    assert "64 on the built-in photographs, 224 with --data" in actions["img_size"].help
+    args = vars(parser.parse_args(["--lr", "inf", "--no-figures"]))
+    assert args == {"lr": float("inf"), "figures": False}
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        TrainConfig(**args)

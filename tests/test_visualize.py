@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -326,7 +327,7 @@ def test_png_overwrite_is_atomic(tmp_path, monkeypatch):
     good = path.read_bytes()
 
     def broken_savefig(self, f, **kwargs):
-        f.write(PNG_SIGNATURE + b"half a picture")
+        Path(f).write_bytes(PNG_SIGNATURE + b"half a picture")  # the temporary file beside the target
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)

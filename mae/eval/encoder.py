@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import from_pretrained
 from ..config import list_models
+from ..io import from_pretrained
 from ..model import MaskedAutoEncoder, create_model
 
 __all__ = ["DIGITS_MODEL_DEFAULTS", "load_encoder"]

@@ -30,7 +30,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from ._atomic import save_json, save_torch
+from ..io.atomic import atomic_write, write_json
+from ..train.schedule import lr_at_step
 from .config import RESUMABLE_FIELDS, EvalConfig
 from .distributed import (
     DistInfo,
@@ -43,7 +44,7 @@ from .distributed import (
 )
 
 __all__ = [
-    "CHECKPOINT_FILE", "CONFIG_FILE", "FEATURES_FILE", "METRICS_FILE", "RESULTS_FILE", "Run", "cosine_lr",
+    "CHECKPOINT_FILE", "CONFIG_FILE", "FEATURES_FILE", "METRICS_FILE", "RESULTS_FILE", "Run",
     "load_resume",
 ]
 
@@ -51,16 +52,6 @@ CONFIG_FILE, METRICS_FILE, RESULTS_FILE = "config.json", "metrics.jsonl", "resul
 CHECKPOINT_FILE = "checkpoint.pt"  # linear probe and fine-tuning: written after every epoch
 FEATURES_FILE = "features.pt"  # kNN: the extracted features, all a resumed kNN run needs
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cosine_lr(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> float:
-    """Per-iteration linear warm-up to ``base_lr`` (reached on the last warm-up step), then half-cycle cosine to
-    ``min_lr`` at ``total_steps``: a pure function of the optimizer step."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    decay = total_steps - warmup_steps
-    progress = min(1.0, (step - warmup_steps) / decay) if decay > 0 else 1.0
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def load_resume(path: str | os.PathLike) -> dict[str, Any]:
@@ -141,7 +132,7 @@ class Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resolved = {"protocol": config.protocol, **config.to_dict(), "precision_used": self.precision,
                         "world_size": self.info.world_size, "device_used": str(self.info.device), **extra}
-            save_json(self.run_dir / CONFIG_FILE, resolved)
+            write_json(self.run_dir / CONFIG_FILE, resolved)
         barrier(self.info)
 
     @property
@@ -164,7 +155,8 @@ class Run:
 
     def save(self, name: str, obj: dict[str, Any]) -> None:
         if self.info.is_main:
-            save_torch(self.run_dir / name, {"protocol": self.config.protocol, "config": self.config.to_dict(), **obj})
+            state = {"protocol": self.config.protocol, "config": self.config.to_dict(), **obj}
+            atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
         barrier(self.info)
 
     def finish(self, results: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +164,7 @@ class Run:
         results = {"protocol": self.config.protocol, **results, "seconds": time.perf_counter() - self.t0,
                    "run_dir": str(self.run_dir)}
         if self.info.is_main:
-            save_json(self.run_dir / RESULTS_FILE, results)
+            write_json(self.run_dir / RESULTS_FILE, results)
             acc5 = f"  val_acc5 {results['val_acc5']:.2f}%" if "val_acc5" in results else ""
             tqdm.write(f"mae-{self.config.protocol}: val_acc1 {results['val_acc1']:.2f}%{acc5}  "
                        f"({results['seconds']:.1f} s)  {self.run_dir / RESULTS_FILE}")
@@ -272,7 +264,7 @@ class Run:
                     first = i - i % cfg.accum_iter
                     group = min(cfg.accum_iter, n - first)
                     if i == first:
-                        lr = cosine_lr(step, base_lr=base_lr, total_steps=total, warmup_steps=warmup,
+                        lr = lr_at_step(step, base_lr=base_lr, total_steps=total, warmup_steps=warmup,
                                        min_lr=min(cfg.min_lr, base_lr))
                         for g in optimizer.param_groups:
                             g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -22,7 +22,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..interop.timm import to_timm
+from ..io.timm import to_timm
 from ..model import MaskedAutoEncoder
 from .config import FinetuneConfig
 from .data import eval_transform, finetune_train_transform, load_data

@@ -4,26 +4,27 @@
     >>> result = pretrain(TrainConfig(epochs=2, name="demo"))   # scikit-image photographs, CPU friendly
     >>> result.run_dir                                           # runs/demo: config, metrics, checkpoints, figures
 
-This package needs the ``train`` extra: ``pip install 'mae-pytorch[train]'``.
+Training needs the ``train`` extra (``pip install 'mae-pytorch[train]'``); without it this package still imports,
+and ``pretrain`` and ``mae-pretrain`` say in one line what to install (``mae.train.extra``).
 """
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TrainCheckpoint, read_train_checkpoint, write_train_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig
 from .engine import NonFiniteLossError, TrainResult, pretrain
 from .optim import build_optimizer, param_groups
 from .schedule import lr_at_step, scaled_lr
 
 __all__ = [
-    "Checkpoint",
     "NonFiniteLossError",
     "RESUMABLE_FIELDS",
+    "TrainCheckpoint",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
-    "load_checkpoint",
     "lr_at_step",
     "param_groups",
     "pretrain",
-    "save_checkpoint",
+    "read_train_checkpoint",
     "scaled_lr",
+    "write_train_checkpoint",
 ]

@@ -1,21 +1,20 @@
-"""Checkpoints that never lose work.
+"""Training checkpoints that never lose work: ``write_train_checkpoint`` and ``read_train_checkpoint``.
 
-Layout of one checkpoint, a directory (``runs/<name>/checkpoints/last`` or ``.../epoch_0010``):
+Layout of one training checkpoint, a directory (``runs/<name>/checkpoints/last`` or ``.../epoch_0010``):
 
-    config.json         } written by ``mae.checkpoints.save_pretrained``, so ``MaskedAutoEncoder.from_pretrained``
-    model.safetensors   } loads a training checkpoint like any saved model
+    config.json         } written by ``mae.save_pretrained``, so ``mae.from_pretrained`` loads a training
+    model.safetensors   } checkpoint like any saved model
     train_state.pt      optimizer, grad scaler, epoch, global step, RNG states, run config;
                         loadable with ``torch.load(weights_only=True)``
 
-A checkpoint is written into a hidden temporary directory next to its final place, every file is fsync'ed, and only
-then is it swapped in by renames. A crash at any moment leaves the previous checkpoint loadable: before the swap the
-old directory is untouched; between the two renames it sits at ``.old-<name>`` and ``resolve_checkpoint`` puts it
-back.
+A checkpoint is written into a temporary directory next to its final place, every file is fsync'ed, and only then is
+it swapped in by renames (``mae.io.atomic_write``). A crash at any moment leaves the previous checkpoint loadable:
+before the swap the old directory is untouched; between the two renames it sits at ``.<name>.old`` and is put back
+the next time the checkpoint is read or written.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -24,29 +23,34 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..checkpoints import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from ..io.atomic import atomic_write, recover_directory
+from ..io.reading import read_json, read_weights_file
+from ..io.save import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 __all__ = [
     "CONFIG_FILE",
     "MODEL_FILE",
     "STATE_FILE",
-    "Checkpoint",
+    "TrainCheckpoint",
     "capture_rng_state",
-    "link_checkpoint",
-    "load_checkpoint",
+    "keep_train_checkpoint",
+    "read_train_checkpoint",
     "resolve_checkpoint",
     "restore_rng_state",
-    "save_checkpoint",
+    "saved_run_config",
+    "write_train_checkpoint",
 ]
 
 # The model files are the library's own saved-model format; the trainer only adds its state.
 CONFIG_FILE, MODEL_FILE, STATE_FILE = CONFIG_NAME, WEIGHTS_NAME, "train_state.pt"
+_FILES = (CONFIG_FILE, MODEL_FILE, STATE_FILE)
 
 
-class Checkpoint(NamedTuple):
+class TrainCheckpoint(NamedTuple):
+    """A training checkpoint as read back: the model's tensors and config, and the trainer's state."""
+
     path: Path
     model_state: dict[str, Tensor]
     model_config: dict[str, Any]
@@ -82,72 +86,29 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # works for files and (on POSIX) directories
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by the complete directory ``tmp`` so that one of them is always loadable."""
-    old = final.parent / f".old-{final.name}"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)  # a directory cannot be renamed onto a non-empty one: move the old one aside first
-    os.replace(tmp, final)
-    _fsync(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _recover(final: Path) -> None:
-    """Undo a crash between the two renames of ``_swap_in``: put the previous checkpoint back."""
-    old = final.parent / f".old-{final.name}"
-    if old.exists() and not final.exists():
-        os.replace(old, final)
-
-
-def _fresh_tmp(final: Path) -> Path:
-    tmp = final.parent / f".tmp-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a crash mid-write: it never became a checkpoint
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, train_state: dict[str, Any]) -> Path:
+def write_train_checkpoint(directory: str | os.PathLike, model: nn.Module, train_state: dict[str, Any]) -> Path:
     """Atomically write ``model`` (an unwrapped ``MaskedAutoEncoder``) and ``train_state`` to ``directory``."""
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _recover(final)
-    tmp = _fresh_tmp(final)
-    save_pretrained(model, tmp)  # config.json + model.safetensors
-    torch.save(train_state, tmp / STATE_FILE)
-    for name in (CONFIG_FILE, MODEL_FILE, STATE_FILE):
-        _fsync(tmp / name)
-    _fsync(tmp)
-    _swap_in(tmp, final)
-    return final
+
+    def write(tmp: Path) -> None:
+        save_pretrained(model, tmp)  # config.json + model.safetensors
+        torch.save(train_state, tmp / STATE_FILE)
+
+    return atomic_write(directory, write, is_dir=True)
 
 
-def link_checkpoint(source: str | os.PathLike, directory: str | os.PathLike) -> Path:
+def keep_train_checkpoint(source: str | os.PathLike, directory: str | os.PathLike) -> Path:
     """Atomically make ``directory`` a copy of the checkpoint ``source`` (hard links where the filesystem allows:
     checkpoint files are never modified in place, so sharing them is safe and costs no space)."""
-    src, final = Path(source), Path(directory)
-    _recover(final)
-    tmp = _fresh_tmp(final)
-    for name in (CONFIG_FILE, MODEL_FILE, STATE_FILE):
-        try:
-            os.link(src / name, tmp / name)
-        except OSError:
-            shutil.copy2(src / name, tmp / name)
-            _fsync(tmp / name)
-    _fsync(tmp)
-    _swap_in(tmp, final)
-    return final
+    src = Path(source)
+
+    def write(tmp: Path) -> None:
+        for name in _FILES:
+            try:
+                os.link(src / name, tmp / name)
+            except OSError:
+                shutil.copy2(src / name, tmp / name)
+
+    return atomic_write(directory, write, is_dir=True)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -157,7 +118,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory meant by ``path``: a checkpoint directory, or a run directory (its ``last``)."""
     p = Path(path)
     for candidate in (p, p / "checkpoints" / "last"):
-        _recover(candidate)
+        recover_directory(candidate)
         if (candidate / STATE_FILE).is_file() or (candidate / MODEL_FILE).is_file():
             return candidate
     if not p.exists():
@@ -168,23 +129,35 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint`` (tensors on the CPU), with errors that name the bad file.
+def read_train_checkpoint(path: str | os.PathLike) -> TrainCheckpoint:
+    """Read a checkpoint written by ``write_train_checkpoint`` (tensors on the CPU), with errors naming the bad file.
 
-    Nothing is unpickled beyond plain tensors and containers (``weights_only=True``).
+    Nothing is unpickled beyond plain tensors and containers (``mae.io.reading``).
     """
     directory = resolve_checkpoint(path)
-    files = {name: directory / name for name in (CONFIG_FILE, MODEL_FILE, STATE_FILE)}
-    missing = [name for name, f in files.items() if not f.is_file()]
+    missing = [name for name in _FILES if not (directory / name).is_file()]
     if missing:
         raise ValueError(f"checkpoint {str(directory)!r} is incomplete: missing {missing}")
     try:
-        model_config = json.loads(files[CONFIG_FILE].read_text())
+        model_config = read_json(directory / CONFIG_FILE)
         model_config.pop("format", None)
-        model_state = load_file(files[MODEL_FILE], device="cpu")
-        train_state = torch.load(files[STATE_FILE], map_location="cpu", weights_only=True)
-    except Exception as err:  # json, safetensors and torch each raise their own types for damaged files
+        model_state = read_weights_file(directory / MODEL_FILE)
+        train_state = read_weights_file(directory / STATE_FILE)
+    except ValueError as err:  # every reader raises ValueError (or its subclass) for damaged or unsafe files
+        raise ValueError(f"checkpoint {str(directory)!r} is corrupt or unreadable: {err}") from err
+    if not isinstance(train_state, dict):
+        raise ValueError(f"checkpoint {str(directory)!r}: {STATE_FILE} holds a {type(train_state).__name__}, "
+                         "expected the trainer's state dict")
+    return TrainCheckpoint(directory, model_state, model_config, train_state)
+
+
+def saved_run_config(ckpt: TrainCheckpoint) -> dict[str, Any]:
+    """The run configuration stored with a training checkpoint, or a clear error when it is not there."""
+    state = ckpt.train_state
+    absent = [k for k in ("run_config", "epoch", "global_step", "optimizer") if k not in state]
+    if absent:
         raise ValueError(
-            f"checkpoint {str(directory)!r} is corrupt or unreadable: {type(err).__name__}: {err}"
-        ) from err
-    return Checkpoint(directory, model_state, model_config, train_state)
+            f"checkpoint {str(ckpt.path)!r} cannot be resumed: its {STATE_FILE} lacks {absent} (found "
+            f"{sorted(state)}), so it was not written by mae-pretrain. Its weights still load with mae.from_pretrained"
+        )
+    return state["run_config"]

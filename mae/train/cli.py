@@ -10,63 +10,34 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from ..config import list_models
-from .checkpoint import load_checkpoint
-from .config import DEMO_DEFAULTS, PAPER_DEFAULTS, RESUMABLE_FIELDS, TrainConfig
+from .checkpoint import read_train_checkpoint, saved_run_config
+from .config import RESUMABLE_FIELDS, TrainConfig, source_defaults
 from .engine import NonFiniteLossError, pretrain
+from .extra import MissingTrainExtraError, require_train_extra
+from .resume import run_dir_of
 
 __all__ = ["build_parser", "main"]
 
-_HELP = {
-    "model": "model preset: " + ", ".join(list_models()),
-    "img_size": "square crop size in pixels",
-    "patch_size": "patch size",
-    "mask_ratio": "fraction of patches removed",
-    "norm_pix_loss": "reconstruct per-patch normalised pixels (the paper's best features)",
-    "model_overrides": "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)",
-    "data": "folder of images, flat or one subfolder per class; default: scikit-image's bundled photographs",
-    "repeat": "each image appears this many times per epoch, with different crops",
-    "num_workers": "data-loader processes per training process",
-    "batch_size": "images per process per micro-step",
-    "accum_iter": "micro-steps per optimizer step (gradient accumulation)",
-    "epochs": "epochs to train in total",
-    "warmup_epochs": "epochs of linear warm-up (per iteration)",
-    "blr": "base learning rate; lr = blr * effective_batch / 256",
-    "lr": "absolute learning rate (overrides --blr)",
-    "min_lr": "floor of the cosine decay",
-    "weight_decay": "AdamW weight decay (not on biases and norms)",
-    "precision": "auto (bf16 on CUDA when supported, else fp32), fp32, bf16, or fp16 with a grad scaler",
-    "device": "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)",
-    "compile": "torch.compile the model",
-    "threads": "torch CPU threads per process (default: torch's own setting, i.e. the cores or OMP_NUM_THREADS); "
-               "1 is faster for small models on a machine busy with other jobs",
-    "seed": "random seed (crops, flips, masks and initial weights)",
-    "output_dir": "folder holding run folders",
-    "name": "run folder name (default: 'default' for the photographs, else <data folder>-<model>)",
-    "save_every": "epochs between updates of checkpoints/last (also written at the end)",
-    "keep_every": "epochs between kept checkpoints checkpoints/epoch_XXXX (0: none)",
-    "stop_after_epoch": "leave cleanly after this epoch (continue later with --resume)",
-    "log_every": "optimizer steps between lines of metrics.jsonl",
-    "progress": "show a progress bar per epoch",
-    "figures": "write loss.png and reconstructions.png when the run ends",
-    "tensorboard": "also log to <run>/tensorboard (pip install 'mae-pytorch[tensorboard]')",
-    "overwrite": "delete a previous run in the same folder and start afresh",
-}
+
+def _argparse_type(hint: Any) -> type:
+    """The value type of a field's hint, without the ``None`` of ``int | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind = args[0] if args else hint
+    return typing.get_origin(kind) or kind
 
 
-def _type_of(field: dataclasses.Field):
-    """The argparse type of a field (the annotation is a string under ``from __future__ import annotations``)."""
-    default = field.default
-    if field.name in ("img_size", "patch_size", "repeat", "batch_size", "epochs", "keep_every", "stop_after_epoch",
-                      "threads"):
-        return int
-    if field.name in ("lr", "blr", "warmup_epochs"):
-        return float
-    if field.name == "data" or field.name == "name":
-        return str
-    return type(default)
+def _help(field: dataclasses.Field) -> str:
+    demo, paper = source_defaults(None, TrainConfig.model), source_defaults("data", TrainConfig.model)
+    if field.name in demo:
+        paper_text = "the preset's" if field.name == "patch_size" else paper[field.name]
+        return (f"{field.metadata['help']} (default: {demo[field.name]} on the built-in photographs, {paper_text} "
+                "with --data)")
+    return f"{field.metadata['help']} (default: {field.default})"
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -85,54 +56,70 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mae-pretrain", description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS,
         epilog="With no argument: the default run (ViT-Tiny, 64 px crops of scikit-image's photographs, CPU minutes).",
     )
+    hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.name in DEMO_DEFAULTS:
-            paper = PAPER_DEFAULTS[field.name]
-            paper_text = "the preset's" if paper is None else paper
-            help_text = (f"{_HELP[field.name]} (default: {DEMO_DEFAULTS[field.name]} on the built-in photographs, "
-                         f"{paper_text} with --data)")
+        flag, kind = "--" + field.name.replace("_", "-"), _argparse_type(hints[field.name])
+        if kind is dict:
+            parser.add_argument("--model-override", dest=field.name, action="append", type=_key_value,
+                                metavar="KEY=VALUE", help=_help(field))
+        elif kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=_help(field))
         else:
-            help_text = f"{_HELP[field.name]} (default: {field.default})"
-        if field.name == "model_overrides":
-            parser.add_argument("--model-override", dest="model_overrides", action="append", type=_key_value,
-                                metavar="KEY=VALUE", help=help_text)
-        elif isinstance(field.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif field.name == "precision":
-            parser.add_argument(flag, choices=("auto", "fp32", "bf16", "fp16"), help=help_text)
-        else:
-            parser.add_argument(flag, type=_type_of(field), help=help_text, metavar=field.name.upper())
+            parser.add_argument(flag, type=kind, choices=field.metadata.get("choices"), help=_help(field),
+                                metavar=None if "choices" in field.metadata else field.name.upper())
     parser.add_argument("--resume", metavar="PATH",
                         help="continue a run: a checkpoint folder or a run folder (uses its checkpoints/last); "
                              f"only {', '.join('--' + f.replace('_', '-') for f in sorted(RESUMABLE_FIELDS))} "
                              "may be changed")
+    parser.add_argument("--discard-newer", action="store_true",
+                        help="with --resume from a kept checkpoint older than the run's checkpoints/last: go back to "
+                             "it and let the resumed run replace the newer last (refused without this flag)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mae-pretrain`` and ``python -m mae.train``. Returns the process exit code."""
+    try:  # before anything else, --help included: one line saying what to install, not a traceback
+        require_train_extra("this command")
+    except MissingTrainExtraError as err:
+        print(f"mae-pretrain: error: {err}", file=sys.stderr)
+        return 2
     args = vars(build_parser().parse_args(argv))
     resume = args.pop("resume", None)
+    discard_newer = args.pop("discard_newer", False)
     if "model_overrides" in args:
         args["model_overrides"] = dict(args["model_overrides"])
+    run_dir = None
     try:
         if resume is not None:
-            ckpt = load_checkpoint(resume)
-            config = TrainConfig.from_dict(ckpt.train_state["run_config"]).replace(
+            ckpt = read_train_checkpoint(resume)
+            config = TrainConfig.from_dict(saved_run_config(ckpt)).replace(
                 **{"overwrite": False, "stop_after_epoch": None, **args}
             )
         else:
             ckpt, config = None, TrainConfig(**args)
-        pretrain(config, resume=ckpt)
+        run_dir = run_dir_of(config, ckpt)
+        pretrain(config, resume=ckpt, discard_newer=discard_newer)
     except (ValueError, TypeError) as err:
         print(f"mae-pretrain: error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         print(f"mae-pretrain: stopped: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mae-pretrain: interrupted; continue with --resume RUN_FOLDER (from its last checkpoint)",
+    except OSError as err:  # a full disk, a read-only or vanished output folder: one line, not a traceback
+        where = f" {err.filename}" if err.filename else ""
+        print(f"mae-pretrain: error: cannot write{where}: {err.strerror or err}; {_next_step(run_dir)}",
               file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mae-pretrain: interrupted; {_next_step(run_dir)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _next_step(run_dir: Path | None) -> str:
+    """How to go on after a stop: resume only where a checkpoint exists."""
+    if run_dir is not None and (run_dir / "checkpoints" / "last").is_dir():
+        return f"continue with --resume {run_dir} (from its last checkpoint)"
+    return "no checkpoint was written, so there is nothing to resume: start again (with --overwrite if the run " \
+           "folder was created)"

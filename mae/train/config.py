@@ -1,19 +1,22 @@
 """The run configuration: one frozen dataclass. Its defaults ARE the default run (``mae-pretrain`` with no argument).
 
-Every field maps to one ``mae-pretrain`` flag (``batch_size`` -> ``--batch-size``). The resolved values that depend on
-the machine (learning rate, effective batch, device, precision) are computed by the engine and saved next to it.
+Every field maps to one ``mae-pretrain`` flag (``batch_size`` -> ``--batch-size``); its help text lives in the field's
+``metadata`` and its argparse type comes from its type hint, so the CLI repeats nothing. The resolved values that
+depend on the machine (learning rate, effective batch, device, precision) are computed by the engine and saved next
+to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import MAEConfig, list_models
+from .._checks import check_bool, check_finite, check_non_negative_int, check_positive_int
+from ..config import MASKINGS, MAEConfig, list_models, replace_fields
 
-__all__ = ["DEMO_DEFAULTS", "PAPER_DEFAULTS", "RESUMABLE_FIELDS", "TrainConfig"]
+__all__ = ["DEMO_DEFAULTS", "PAPER_DEFAULTS", "PRECISIONS", "RESUMABLE_FIELDS", "TrainConfig", "source_defaults"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -22,7 +25,6 @@ RESUMABLE_FIELDS = frozenset({
     "epochs", "stop_after_epoch", "num_workers", "device", "compile", "threads", "save_every", "keep_every",
     "log_every", "progress", "figures", "tensorboard",
 })
-
 
 # Fields left at None take their value from the data source: a CPU-sized demo on the built-in photographs, the
 # paper's recipe (Sec. 4 / A.1; ImageNet, 224 px, the preset's patch) on --data. The demo raises blr because it makes
@@ -33,79 +35,114 @@ PAPER_DEFAULTS: dict[str, Any] = {"img_size": 224, "patch_size": None, "repeat":
                                   "warmup_epochs": 40.0, "blr": 1.5e-4, "keep_every": 20}
 
 
+def source_defaults(data: str | None, model: str) -> dict[str, Any]:
+    """The one place where the demo and the paper defaults are chosen: the values for ``None`` fields.
+
+    Args:
+        data: the run's image folder, None for the built-in photographs (the demo).
+        model: the preset name; with ``data`` its patch size is the paper's.
+    """
+    if data is None:
+        return dict(DEMO_DEFAULTS)
+    return {**PAPER_DEFAULTS, "patch_size": MAEConfig.from_name(model).patch_size[0]}
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 (argparse's word)
+    """A field with its CLI help text; ``extra`` goes to the metadata too (e.g. ``choices``)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Pretraining run. With no argument: a ViT-Tiny MAE on 64 px crops of scikit-image's photographs, CPU minutes.
 
-    ``None`` fields are filled from ``DEMO_DEFAULTS`` (built-in photographs) or ``PAPER_DEFAULTS`` (``data`` set) when
-    the config is built, so a config always holds concrete values.
+    ``None`` fields are filled by ``source_defaults`` (demo on the built-in photographs, the paper's recipe when
+    ``data`` is set) when the config is built, so a config always holds concrete values.
     """
 
     # model
-    model: str = "mae_vit_tiny_patch16"  # preset name (see mae.list_models())
-    img_size: int | None = None  # square crop size (demo 64, paper 224)
-    patch_size: int | None = None  # demo 8 (an 8x8 grid at 64 px); with --data the preset's
-    mask_ratio: float = 0.75  # Sec. 4: 75% works best
-    norm_pix_loss: bool = False  # Sec. 3: per-patch normalised targets give better features (paper: on)
-    model_overrides: dict[str, Any] | None = None  # other MAEConfig fields, e.g. {"depth": 6} for an ablation
+    model: str = _opt("mae_vit_tiny_patch16", "model preset: " + ", ".join(list_models()))
+    img_size: int | None = _opt(None, "square crop size in pixels")
+    patch_size: int | None = _opt(None, "patch size (with --data: the preset's)")
+    mask_ratio: float = _opt(0.75, "fraction of patches removed (Sec. 4: 0.75 works best)")
+    masking: str = _opt("random", "which patches are removed (Table 1f): random (the paper's), block (BEiT-style "
+                                  "rectangles) or grid (one patch kept per 2x2 cell; needs --mask-ratio 0.75)",
+                        choices=MASKINGS)
+    norm_pix_loss: bool = _opt(False, "reconstruct per-patch normalised pixels (Sec. 3: the paper's best features)")
+    model_overrides: dict[str, Any] | None = _opt(
+        None, "change another model field, e.g. --model-override depth=6 (repeatable; values are JSON)")
     # data
-    data: str | None = None  # folder of images (flat or class subfolders); None: scikit-image's photographs
-    repeat: int | None = None  # images per epoch = repeat * dataset size (demo 32, --data 1)
-    num_workers: int = 2  # data-loader processes per training process
+    data: str | None = _opt(None, "folder of images (flat or one subfolder per class), or tar shards (a "
+                                  "mae-make-shards folder, .tar files, a brace pattern like 'train-{0000..0099}.tar', "
+                                  "several joined by '::'); default: scikit-image's bundled photographs")
+    repeat: int | None = _opt(None, "each image appears this many times per epoch, with different crops")
+    num_workers: int = _opt(2, "data-loader processes per training process")
     # optimisation
-    batch_size: int | None = None  # per process, per micro-step (demo 32, paper 64 on each of 8 GPUs x accum 8)
-    accum_iter: int = 1  # micro-steps per optimizer step (effective batch = batch * accum * world size)
-    epochs: int | None = None  # demo 20, paper 800
-    warmup_epochs: float | None = None  # demo 1, paper 40
-    blr: float | None = None  # base lr, scaled by effective_batch / 256 (demo 1.6e-2, paper 1.5e-4)
-    lr: float | None = None  # absolute lr; overrides blr when set
-    min_lr: float = 0.0  # floor of the cosine
-    weight_decay: float = 0.05
+    batch_size: int | None = _opt(None, "images per process per micro-step (paper: 64 on each of 8 GPUs x accum 8)")
+    accum_iter: int = _opt(1, "micro-steps per optimizer step (effective batch = batch * accum * world size)")
+    epochs: int | None = _opt(None, "epochs to train in total")
+    warmup_epochs: float | None = _opt(None, "epochs of linear warm-up (per iteration)")
+    blr: float | None = _opt(None, "base learning rate; lr = blr * effective_batch / 256")
+    lr: float | None = _opt(None, "absolute learning rate (overrides --blr)")
+    min_lr: float = _opt(0.0, "floor of the cosine decay")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases and norms)")
     # execution
-    precision: str = "auto"  # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16 (grad scaler)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model
-    # torch's CPU threads in each process during the run; None leaves torch's setting (one per core, or
-    # OMP_NUM_THREADS). On a machine shared with other jobs, 1 avoids threads waiting on each other (README: measured)
-    threads: int | None = None
-    seed: int = 0
+    precision: str = _opt("auto", "auto (bf16 on CUDA when supported, else fp32), fp32, bf16, or fp16 with a grad "
+                                  "scaler", choices=PRECISIONS)
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)")
+    compile: bool = _opt(False, "torch.compile the model")
+    # None leaves torch's setting (one per core, or OMP_NUM_THREADS). On a machine shared with other jobs, 1 avoids
+    # threads waiting on each other (README: measured).
+    threads: int | None = _opt(None, "torch CPU threads per process (default: torch's own setting, i.e. the cores or "
+                                     "OMP_NUM_THREADS); 1 is faster for small models on a machine busy with other jobs")
+    seed: int = _opt(0, "random seed (crops, flips, masks and initial weights)")
     # output
-    output_dir: str = "runs"
-    name: str | None = None  # run folder under output_dir; None: "default" for the photos, else <data>-<model>
-    save_every: int = 1  # epochs between updates of checkpoints/last (always updated at the end)
-    keep_every: int | None = None  # epochs between kept copies checkpoints/epoch_XXXX (0: none; demo 10, paper 20)
-    stop_after_epoch: int | None = None  # leave cleanly after this epoch, e.g. before a job's time limit
-    log_every: int = 1  # optimizer steps between metric records
-    progress: bool = True  # tqdm bar per epoch (on a terminal)
-    figures: bool = True  # write loss.png and reconstructions.png when the run ends
-    tensorboard: bool = False  # also log to runs/<name>/tensorboard (needs the tensorboard extra)
-    overwrite: bool = False  # replace a previous run in the same folder (it is deleted)
+    output_dir: str = _opt("runs", "folder holding run folders")
+    name: str | None = _opt(None, "run folder name (default: 'default' for the photographs, else <data>-<model>)")
+    save_every: int = _opt(1, "epochs between updates of checkpoints/last (also written at the end)")
+    keep_every: int | None = _opt(None, "epochs between kept checkpoints checkpoints/epoch_XXXX (0: none)")
+    stop_after_epoch: int | None = _opt(None, "leave cleanly after this epoch (continue later with --resume), "
+                                              "e.g. before a job's time limit")
+    log_every: int = _opt(1, "optimizer steps between lines of metrics.jsonl")
+    progress: bool = _opt(True, "show a progress bar per epoch (on a terminal)")
+    figures: bool = _opt(True, "write loss.png and reconstructions.png when the run ends")
+    tensorboard: bool = _opt(False, "also log to <run>/tensorboard (pip install 'mae-pytorch[tensorboard]')")
+    overwrite: bool = _opt(False, "delete a previous run of mae-pretrain in the same folder and start afresh")
 
     def __post_init__(self) -> None:
         if self.model not in list_models():
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(list_models())}")
         if self.data is not None and not str(self.data).strip():
             raise ValueError("data must be a folder path or None (the built-in photographs), got an empty string")
-        defaults = PAPER_DEFAULTS if self.data is not None else DEMO_DEFAULTS
-        for name, value in defaults.items():
+        for name, value in source_defaults(self.data, self.model).items():
             if getattr(self, name) is None:
-                if name == "patch_size" and value is None:
-                    value = MAEConfig.from_name(self.model).patch_size[0]
                 object.__setattr__(self, name, value)
+        self._check_counts()
+        self._check_model()
+        self._check_optimisation()
+        for name in ("norm_pix_loss", "compile", "progress", "figures", "tensorboard", "overwrite"):
+            check_bool(getattr(self, name), name)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def _check_counts(self) -> None:
         for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",
                      "log_every"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(getattr(self, name), name)
         for name in ("stop_after_epoch", "threads"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                check_positive_int(getattr(self, name), name)
         for name in ("num_workers", "keep_every", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+            check_non_negative_int(getattr(self, name), name)
+
+    def _check_model(self) -> None:
         if self.model_overrides is not None:
             if not isinstance(self.model_overrides, dict):
                 raise TypeError(f"model_overrides must be a dict of MAEConfig fields, got {self.model_overrides!r}")
-            own_flags = sorted(set(self.model_overrides) & {"img_size", "patch_size", "mask_ratio", "norm_pix_loss"})
+            own_flags = sorted(set(self.model_overrides) & {"img_size", "patch_size", "mask_ratio", "masking",
+                                                            "norm_pix_loss"})
             if own_flags:
                 raise ValueError(f"model_overrides must not set {own_flags}: they have their own settings")
             if self.model_overrides.get("in_chans", 3) != 3:
@@ -117,29 +154,26 @@ class TrainConfig:
                 f"img_size {self.img_size} is not divisible by patch_size {patch}; pick an img_size that is a "
                 f"multiple of {patch} (e.g. {max(patch, self.img_size // patch * patch)})"
             )
-        self.model_config  # noqa: B018 (builds the MAEConfig: unknown or invalid overrides raise here, with names)
-        if not 0.0 < self.mask_ratio < 1.0:
+        if check_finite(self.mask_ratio, "mask_ratio") <= 0.0 or self.mask_ratio >= 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
+        self.model_config  # noqa: B018 (builds the MAEConfig: unknown or invalid overrides raise here, with names)
+
+    def _check_optimisation(self) -> None:
         for name in ("blr", "min_lr", "weight_decay", "warmup_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.lr is not None and self.lr <= 0:
+            check_finite(getattr(self, name), name, low=0.0)
+        if self.lr is not None and check_finite(self.lr, "lr") <= 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.warmup_epochs > self.epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}); pass --warmup-epochs "
                 "(the paper warms up for 40 of 800 epochs)"
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     @property
     def model_config(self) -> MAEConfig:
         """The model this run trains."""
         overrides = {"img_size": self.img_size, "patch_size": self.patch_size, "mask_ratio": self.mask_ratio,
-                     "norm_pix_loss": self.norm_pix_loss}
+                     "masking": self.masking, "norm_pix_loss": self.norm_pix_loss}
         return MAEConfig.from_name(self.model, **(self.model_overrides or {}), **overrides)
 
     @property
@@ -154,21 +188,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        valid = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(changes) - set(valid))
-        if unknown:
-            raise TypeError(f"unknown TrainConfig field(s) {unknown}; valid fields: {valid}")
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated again)."""
+        return replace_fields(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         valid = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in valid})
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _slug(path: str) -> str:

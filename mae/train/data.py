@@ -1,235 +1,120 @@
-"""Pretraining data: the built-in scikit-image photographs or a folder of images, with the paper's augmentation.
+"""The run's data: what ``--data`` names, turned into samples, batches for each process, and the figure batch.
 
-Every sample's randomness (its crop, its flip and its masking noise) is drawn from a generator seeded by
-``(seed, epoch, index)``. A sample therefore looks the same whatever the number of processes, data-loader workers or
-restarts, which is what makes ``--resume`` exact and lets one process reproduce a multi-process run.
+``--data`` may be omitted (scikit-image's photographs), a folder of images (flat or one subfolder per class; see
+``datasets``), or tar shards (``shards``): a ``mae-make-shards`` output folder, ``.tar`` files, a brace pattern such
+as ``/data/train-{0000..0099}.tar``, or several of these joined by ``::``.
 
-Unreadable files: when ``--data`` is scanned every image file is opened once; files that cannot be opened are
-SKIPPED, counted, and reported in a warning (and in the run's config). A file that opened at start-up but fails to
-decode later (e.g. truncated data) stops the run with an error naming it.
+Batches travel as uint8 (pinned on CUDA); the training step normalises them on its device with
+``normalize_on_device``. ``Batches`` also measures how long the training loop waited for each batch: its share of the
+epoch is the data-wait fraction in the epoch summary (the README says how to size ``--num-workers`` from it).
 """
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+import time
 from typing import NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
-from torchvision import transforms
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from .augment import NoiseSpec, center_view, collate_samples, normalize_on_device
+from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
+from .shards import ShardSamples, is_shard_spec, resolve_shards
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IMAGE_EXTENSIONS",
-    "SKIMAGE_TRAIN",
-    "SKIMAGE_HELD_OUT",
-    "ImageFiles",
-    "UnreadableImageError",
-    "PretrainSamples",
-    "scan_image_folder",
-    "skimage_photos",
-    "train_transform",
-    "eval_transform",
-]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
-# Natural photographs bundled with scikit-image (no download). Grey ones are repeated to three channels.
-SKIMAGE_TRAIN = (
-    "astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry", "retina",
-    "camera", "coins", "moon", "brick", "grass", "gravel",
-)
-SKIMAGE_HELD_OUT = ("chelsea", "coffee")  # never trained on; used for the reconstruction figure
-
-
-def skimage_photos(names: Sequence[str]) -> list[Image.Image]:
-    """Load scikit-image's bundled photographs as RGB PIL images (``stereo_motorcycle``: its left view)."""
-    from skimage import data as skdata
-
-    photos = []
-    for name in names:
-        array = getattr(skdata, name)()
-        if isinstance(array, tuple):  # stereo_motorcycle returns (left, right, disparity)
-            array = array[0]
-        if array.ndim == 2:
-            array = np.repeat(array[:, :, None], 3, axis=2)  # grey -> RGB
-        photos.append(Image.fromarray(np.ascontiguousarray(array[:, :, :3])).convert("RGB"))
-    return photos
-
-
-def _is_readable_image(path: Path) -> bool:
-    try:
-        with Image.open(path) as im:
-            im.verify()  # parses the header (and, for PNG, the chunk checksums) without decoding the pixels
-        return True
-    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for broken files
-        return False
-
-
-def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
-    """Every image file under ``root``: an ImageFolder tree (``root/class/x.jpg``) or a flat folder.
-
-    Class folders are irrelevant for pretraining, so the tree is walked recursively (hidden entries skipped) and the
-    files are sorted, giving the same order on every machine.
-
-    Returns:
-        ``(readable, skipped)``: the files that open, and those that do not (corrupt, empty, not an image).
-
-    Raises:
-        ValueError: ``root`` is missing, not a directory, or holds no image file at all.
-    """
-    root_path = Path(root)
-    if not root_path.exists():
-        raise ValueError(f"--data {str(root)!r} does not exist; expected a folder of images (flat or class subfolders)")
-    if not root_path.is_dir():
-        raise ValueError(f"--data {str(root)!r} is not a directory; expected a folder of images")
-    candidates = []
-    for dirpath, dirnames, filenames in os.walk(root_path, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        candidates += [
-            Path(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    candidates.sort()
-    if not candidates:
-        raise ValueError(
-            f"--data {str(root)!r} holds no image file (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    with ThreadPoolExecutor(max_workers=8) as pool:  # opening files is I/O bound: threads help on network storage
-        ok = list(pool.map(_is_readable_image, candidates))
-    readable = [p for p, good in zip(candidates, ok, strict=True) if good]
-    skipped = [p for p, good in zip(candidates, ok, strict=True) if not good]
-    if skipped:
-        examples = ", ".join(str(p) for p in skipped[:3])
-        warnings.warn(
-            f"--data {str(root)!r}: skipped {len(skipped)} unreadable image file(s) out of {len(candidates)} "
-            f"(e.g. {examples})",
-            stacklevel=2,
-        )
-    if not readable:
-        raise ValueError(f"--data {str(root)!r}: none of its {len(candidates)} image files could be read")
-    return readable, skipped
-
-
-class UnreadableImageError(ValueError):
-    """An image file passed the start-up scan but cannot be decoded (the run stops; see the module docstring)."""
-
-
-class ImageFiles(Dataset):
-    """Images on disk, decoded to RGB PIL images on access."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Image.Image:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except Exception as err:
-            raise UnreadableImageError(
-                f"image file {str(path)!r} opened when --data was scanned but cannot be decoded ({err}); "
-                "remove or replace it and resume from the last checkpoint"
-            ) from err
-
-
-def train_transform(img_size: int) -> transforms.Compose:
-    """The paper's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + flip + ImageNet normalisation."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-def eval_transform(img_size: int) -> transforms.Compose:
-    """Deterministic view for figures: resize the short side, centre crop, normalise."""
-    return transforms.Compose([
-        transforms.Resize(img_size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(img_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-class PretrainSamples(Dataset):
-    """``(image (C, H, W), masking noise (L,))`` pairs, each a pure function of ``(seed, epoch, index)``.
-
-    Args:
-        images: anything indexable returning PIL images (a list, or ``ImageFiles``).
-        transform: the augmentation; it draws from torch's global generator, which is seeded per sample here.
-        num_patches: L, the length of the masking noise.
-        seed: run seed.
-        repeat: each image appears ``repeat`` times per epoch (with different crops), for tiny datasets.
-    """
-
-    def __init__(self, images, transform, *, num_patches: int, seed: int, repeat: int = 1) -> None:
-        if repeat < 1:
-            raise ValueError(f"repeat must be >= 1, got {repeat!r}")
-        self.images, self.transform = images, transform
-        self.num_patches, self.seed, self.repeat = num_patches, seed, repeat
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch's iterator is created (workers copy the dataset then)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images) * self.repeat
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index % len(self.images)]
-        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0])
-        # torchvision's transforms use the global generator: seed it for this sample only, leaving it as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            img = self.transform(image)  # (C, H, W)
-            noise = torch.rand(self.num_patches)  # (L,) small = kept, as in random_masking
-        return img, noise
+__all__ = ["Batches", "RunData", "build_data", "build_loader", "normalize_on_device"]
 
 
 class RunData(NamedTuple):
-    dataset: PretrainSamples
+    dataset: PretrainSamples | ShardSamples
     figure_images: Tensor  # (B, C, H, W) normalised, for the reconstruction figure
     figure_caption: str
     description: dict  # what the run trained on, saved in train_config.json
 
 
-def build_data(config, num_patches: int) -> RunData:
+def build_data(config) -> RunData:
     """The training samples and the figure batch of a ``TrainConfig``."""
-    show = eval_transform(config.img_size)
+    model = config.model_config
+    noise = NoiseSpec(model.num_patches, model.masking, model.grid_size, model.mask_ratio)
+    size, samples = config.img_size, dict(img_size=config.img_size, noise=noise, seed=config.seed,
+                                          repeat=config.repeat)
     if config.data is None:
         images = skimage_photos(SKIMAGE_TRAIN)
-        held_out = skimage_photos(SKIMAGE_HELD_OUT)
         # Each held-out photo whole and as its centre half, so the figure shows both coarse and fine structure.
         views = []
-        for photo in held_out:
-            w, h = photo.size
-            views += [photo, photo.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2))]
-        figure = torch.stack([show(v) for v in views])  # (2 * held-out, C, H, W)
+        for pixels, name in skimage_photos(SKIMAGE_HELD_OUT):
+            h, w = pixels.shape[:2]
+            views += [(pixels, name), (pixels[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2], name)]
         caption = f"held-out photos ({', '.join(SKIMAGE_HELD_OUT)}), never trained on"
         description = {"source": "scikit-image", "images": list(SKIMAGE_TRAIN), "held_out": list(SKIMAGE_HELD_OUT)}
+        dataset = PretrainSamples(images, **samples)
+    elif is_shard_spec(str(config.data)):
+        shards, manifest = resolve_shards(str(config.data))
+        dataset = ShardSamples(shards, **samples)
+        views = dataset.figure_images(8)
+        caption = f"training images from {config.data}"
+        description = {"source": str(config.data), "format": "tar shards", "num_shards": len(shards),
+                       "manifest": manifest is not None, "num_skipped": dataset.skipped}
     else:
         paths, skipped = scan_image_folder(config.data)
         images = ImageFiles(paths)
-        figure = torch.stack([show(images[i]) for i in range(min(8, len(images)))])  # (B, C, H, W)
+        dataset = PretrainSamples(images, **samples)
+        views = [images[i] for i in range(min(8, len(images)))]
         caption = f"training images from {config.data}"
         description = {"source": str(config.data), "num_files": len(paths), "num_skipped": len(skipped),
                        "skipped_examples": [str(p) for p in skipped[:10]]}
-    dataset = PretrainSamples(images, train_transform(config.img_size), num_patches=num_patches, seed=config.seed,
-                              repeat=config.repeat)
-    description.update(num_images=len(images), repeat=config.repeat, samples_per_epoch=len(dataset))
+    figure = normalize_on_device(torch.stack([center_view(source, name, size) for source, name in views]),
+                                 IMAGENET_MEAN, IMAGENET_STD)  # (B, C, H, W)
+    num_images = dataset.num_images if isinstance(dataset, ShardSamples) else len(dataset.images)
+    description.update(num_images=num_images, repeat=config.repeat,
+                       samples_per_epoch=num_images * config.repeat)
     return RunData(dataset, figure, caption, description)
+
+
+class Batches:
+    """An epoch's batches for this process (uint8 images (B, C, H, W), noise (B, L)), timing the waits for them.
+
+    ``wait_seconds``: time spent inside ``next()`` of the loader during the current epoch (reset by ``set_epoch``),
+    i.e. the time the training loop could not run because the next batch was not ready.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None) -> None:
+        self.loader, self.sampler, self.wait_seconds = loader, sampler, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch: reshuffles, re-seeds the augmentation, and resets the wait clock."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.loader.dataset.set_epoch(epoch)
+        self.wait_seconds = 0.0
+
+    def __iter__(self):
+        start = time.perf_counter()
+        iterator = iter(self.loader)  # starting the workers counts as waiting
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self.wait_seconds += time.perf_counter() - start
+                return
+            self.wait_seconds += time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()
+
+
+def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, num_workers: int, rank: int,
+                 world_size: int, seed: int, pin_memory: bool) -> Batches:
+    """This process's batches: image folders and photographs through a DistributedSampler, shards split by batch."""
+    if isinstance(dataset, ShardSamples):
+        dataset.split(rank=rank, world_size=world_size, batch_size=batch_size)
+        sampler = None
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+                        pin_memory=pin_memory, collate_fn=collate_samples)
+    return Batches(loader, sampler)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .._checks import to_pair
 from ..config import MAEConfig
+from .save import write_weights_dir
 
 __all__ = [
     "config_from_hf",
@@ -319,8 +320,6 @@ def save_hf(model: Any, directory: str | Path, *, layout: Layout = "hub", encode
         layout: key names, see ``mae_to_hf_state_dict`` ("hub" loads in transformers 4 and 5).
         encoder_only: write a ``ViTMAEModel`` (encoder only).
     """
-    from ..checkpoints import write_weights_dir
-
     architecture = "ViTMAEModel" if encoder_only else "ViTMAEForPreTraining"
     config = config_to_hf(model.config, architecture=architecture)
     tensors = mae_to_hf_state_dict(model.state_dict(), layout=layout, encoder_only=encoder_only)

@@ -21,8 +21,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .._checks import to_pair
-from ..checkpoints import adapt_pos_embed, load_pretrained
 from ..model import MaskedAutoEncoder
+from .load import load_pretrained
+from .pos_embed import adapt_pos_embed
 
 __all__ = ["to_timm"]
 
@@ -42,7 +43,7 @@ def to_timm(
     """A timm ``VisionTransformer`` carrying the MAE encoder's weights.
 
     Args:
-        source: a ``MaskedAutoEncoder``, or anything ``MaskedAutoEncoder.from_pretrained`` reads (for files
+        source: a ``MaskedAutoEncoder``, or anything ``mae.from_pretrained`` reads (for files
             whose heads cannot be inferred, load the model first and pass it).
         global_pool: ``"avg"`` (mean of patch tokens + new ``fc_norm``, as MAE fine-tuning) or ``"token"`` (cls).
         num_classes: 0 (default) for no head (``forward`` returns pooled features); else a new Linear head,

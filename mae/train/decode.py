@@ -1,0 +1,130 @@
+"""Decoding image files into RGB uint8 arrays (H, W, 3), fast for JPEG and correct for everything else.
+
+JPEG (greyscale or YCbCr, the common case) is decoded by libjpeg-turbo through ``simplejpeg``, optionally at a reduced
+size: libjpeg-turbo can run its inverse DCT at 1/2, 1/4 or 1/8 scale, skipping most of the decoding work when the
+crop will be shrunk anyway (``min_size``). Everything else (PNG, CMYK JPEG, TIFF, 16-bit, float, palette, ...) goes
+through Pillow, the plain fallback; without ``simplejpeg`` installed, JPEG does too (with Pillow's ``draft``, the same
+DCT scaling). ``benchmarks/pipeline.py`` measured the candidates; see its README for the numbers behind this choice.
+
+Pixels are never clipped silently: 16-bit images are scaled to 8 bits (65535 -> 255), float images must hold values
+in [0, 1] (scaled by 255), and images whose range is unknown (32-bit integers) are refused with the file's name.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # Pillow belongs to the train extra: imported where used (mae.train.extra)
+    from PIL import Image
+
+try:  # optional: the train extra installs it; without it JPEG is decoded by Pillow
+    import simplejpeg
+except ImportError:  # pragma: no cover - exercised only in environments without the package
+    simplejpeg = None
+
+__all__ = ["ImageHeader", "UnreadableImageError", "decode_rgb", "read_header", "to_rgb_array"]
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB itself; CMYK and YCCK are not
+
+
+class UnreadableImageError(ValueError):
+    """An image cannot be decoded, or its pixels have no defined 8-bit meaning; the message names the file."""
+
+
+class ImageHeader(NamedTuple):
+    width: int
+    height: int
+    fast: bool  # decoded by libjpeg-turbo directly (else by Pillow)
+
+
+def read_header(data: bytes, name: str) -> ImageHeader:
+    """The size of an encoded image, read from its header only (no pixel is decoded)."""
+    from PIL import Image
+
+    try:
+        if simplejpeg is not None and data.startswith(_JPEG_MAGIC):
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            return ImageHeader(width, height, colorspace in _FAST_JPEG_COLORSPACES)
+        with Image.open(io.BytesIO(data)) as im:
+            return ImageHeader(im.width, im.height, False)
+    except Exception as err:  # both libraries raise several types for broken files
+        raise UnreadableImageError(f"image {name} cannot be read ({err})") from err
+
+
+def decode_rgb(data: bytes, name: str, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an encoded image into an RGB uint8 array (H, W, 3).
+
+    Args:
+        data: the file's bytes.
+        name: how errors name the image (a path, or ``shard.tar:member``).
+        min_size: ``(width, height)`` the result must at least have. A JPEG may then be decoded at 1/2, 1/4 or 1/8
+            of its size (DCT scaling); other formats are always decoded whole. ``None``: full size.
+
+    Raises:
+        UnreadableImageError: the data is not a decodable image, or its pixel values cannot be mapped to 8 bits.
+    """
+    from PIL import Image
+
+    try:
+        if simplejpeg is not None and data.startswith(_JPEG_MAGIC):
+            header = read_header(data, name)
+            if header.fast:
+                k = _dct_scale(header.width, header.height, min_size)
+                # min_factor pins the factor to k: by default simplejpeg also picks 7/8, 3/4, ... (slower, and the
+                # crop would then be shrunk by a non-integer factor before its own resize)
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-header.width // k),
+                                              min_height=-(-header.height // k), min_factor=k)
+        with Image.open(io.BytesIO(data)) as im:
+            if min_size is not None and im.format == "JPEG":
+                im.draft("RGB", min_size)  # DCT scaling; keeps the image at least min_size
+            return to_rgb_array(im, name)
+    except UnreadableImageError:
+        raise
+    except Exception as err:
+        raise UnreadableImageError(f"image {name} cannot be decoded ({err})") from err
+
+
+def _dct_scale(width: int, height: int, min_size: tuple[int, int] | None) -> int:
+    """The largest of 1, 2, 4, 8 that keeps a (width, height) image at least min_size after scaling by 1/k."""
+    k = 1
+    if min_size is None:
+        return k
+    while k < 8 and -(-width // (2 * k)) >= min_size[0] and -(-height // (2 * k)) >= min_size[1]:
+        k *= 2
+    return k
+
+
+def to_rgb_array(im: Image.Image, name: str) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3) of a Pillow image of any mode, scaling high bit depths instead of clipping.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit and float pixels to 255 (and truncates floats in [0, 1] to 0), so
+    those modes are converted here.
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or (mode == "I" and im.format == "PNG"):  # 16-bit grey (old Pillow: "I" for PNG)
+        pixels = np.asarray(im).astype(np.uint32)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise UnreadableImageError(f"image {name}: 16-bit pixels outside 0..65535")
+        grey = ((pixels * 255 + 32767) // 65535).astype(np.uint8)  # rounds; 65535 -> 255
+    elif mode == "F":
+        pixels = np.asarray(im, dtype=np.float32)
+        finite = np.isfinite(pixels).all()
+        low, high = (float(pixels.min()), float(pixels.max())) if finite else (float("nan"), float("nan"))
+        if not finite or low < 0.0 or high > 1.0:
+            raise UnreadableImageError(
+                f"image {name} holds 32-bit float pixels in [{low}, {high}]; expected finite values in [0, 1] "
+                "(0 = black, 1 = white). Convert it to an 8- or 16-bit image"
+            )
+        grey = np.rint(pixels * 255.0).astype(np.uint8)
+    elif mode in ("I", "I;32", "I;32B", "I;32L"):
+        raise UnreadableImageError(
+            f"image {name} holds 32-bit integer pixels ({im.format} mode {mode}), whose brightness range is not "
+            "defined; convert it to an 8- or 16-bit image"
+        )
+    else:
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns about read-only arrays
+    return np.repeat(grey[:, :, None], 3, axis=2)  # grey -> RGB

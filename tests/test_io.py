@@ -1,0 +1,117 @@
+"""mae.io: file safety and bounds (format from the bytes, no unsafe advice, sizes checked before allocating),
+and the one atomic writer (permissions, temporaries)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import mae
+from mae import MaskedAutoEncoder, create_model
+from mae.io import UnsafeCheckpointError, load_checkpoint, read_checkpoint
+from mae.io.atomic import TEMP_SUFFIX, atomic_write, remove_temporaries
+
+
+def tiny(seed: int = 0) -> MaskedAutoEncoder:
+    torch.manual_seed(seed)
+    return create_model("mae_vit_test")
+
+
+def same_weights(a: MaskedAutoEncoder, b: MaskedAutoEncoder) -> bool:
+    return all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def test_format_comes_from_the_bytes_not_the_name(tmp_path):
+    model = tiny(seed=1)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, tmp_path / "weights.pth")  # safetensors under a torch-looking name
+    torch.save({"model": sd}, tmp_path / "weights.safetensors")  # and the other way round
+    for name in ("weights.pth", "weights.safetensors"):
+        back = mae.from_pretrained(tmp_path / name, num_heads=4, decoder_num_heads=4)
+        assert same_weights(back, model), name
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_unsafe_pickle_is_refused_without_torchs_advice(tmp_path, protocol):
+    path = tmp_path / "plain.pkl"  # a bare pickle, not a torch.save archive (protocol 4 used to pass torch's advice on)
+    path.write_bytes(pickle.dumps({"w": _Payload()}, protocol=protocol))
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "refused" in message and "pickled" in message
+    assert "weights_only=False" not in message and "`False`" not in message
+
+
+def test_config_claiming_a_larger_model_is_refused_before_building(tmp_path, monkeypatch):
+    mae.save_pretrained(tiny(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(embed_dim=4096, depth=48, num_heads=32)  # ~10 GB of float32 if it were built
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    built = []
+    real = MaskedAutoEncoder.from_config.__func__
+    monkeypatch.setattr(MaskedAutoEncoder, "from_config",
+                        classmethod(lambda cls, cfg, **kw: built.append(cfg) or real(cls, cfg, **kw)))
+    with pytest.raises(ValueError, match=r"embed_dim=4096 but the tensors say 64.*depth=48 but the tensors say 2"):
+        mae.from_pretrained(tmp_path)
+    assert built == []  # refused from the shapes alone: nothing was allocated
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.uint8])
+def test_integer_or_bool_tensors_are_not_cast_into_weights(dtype):
+    sd = tiny().state_dict()
+    sd["blocks.0.mlp.fc1.bias"] = torch.ones_like(sd["blocks.0.mlp.fc1.bias"], dtype=dtype)
+    with pytest.raises(ValueError, match=rf"blocks\.0\.mlp\.fc1\.bias \({dtype}\)"):
+        load_checkpoint(tiny(), sd)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        mae.save_pretrained(tiny(), tmp_path / "m")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644, name
+
+
+def test_atomic_write_keeps_the_old_content_on_error(tmp_path):
+    target = tmp_path / "a.json"
+    target.write_text("old")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["a.json"]
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "d", lambda tmp: ((tmp / "x").write_text("1"), fail(tmp / "y")), is_dir=True)
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_remove_temporaries_removes_only_ours(tmp_path):
+    (tmp_path / f".last.0123456789ab{TEMP_SUFFIX}").mkdir()
+    (tmp_path / f".a.json.0123456789ab{TEMP_SUFFIX}").write_text("x")
+    (tmp_path / ".hidden-note").write_text("mine")
+    (tmp_path / "notes.tmp").write_text("mine")
+    removed = remove_temporaries(tmp_path)
+    assert len(removed) == 2 and sorted(os.listdir(tmp_path)) == [".hidden-note", "notes.tmp"]
+

@@ -1,0 +1,167 @@
+"""Tar shards: the converter's output and manifest, streaming without overlap across 2 ranks x 2 workers, the same
+batches whatever the number of workers, and clear errors for bad shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mae.train.augment import NoiseSpec
+from mae.train.datasets import ImageFiles, PretrainSamples
+from mae.train.make_shards import main as make_shards
+from mae.train.shards import ShardSamples, expand_braces, is_shard_spec, resolve_shards
+
+
+def solid_images(folder, n):
+    """n solid-colour PNGs: any crop and resize of image i keeps its colour, so a sample tells which image it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (20 + i % 3, 16), (i, 255 - i, 7)).save(folder / f"c{i % 2}_{i:03d}.png")
+    return folder
+
+
+def identity(img: torch.Tensor) -> int:
+    return int(img[0, 0, 0])  # the red channel = the image number
+
+
+def test_expand_braces_and_shard_specs():
+    assert expand_braces("s-{08..11}.tar") == ["s-08.tar", "s-09.tar", "s-10.tar", "s-11.tar"]
+    assert expand_braces("{a,b}-{1..2}.tar") == ["a-1.tar", "a-2.tar", "b-1.tar", "b-2.tar"]
+    assert is_shard_spec("x.tar") and is_shard_spec("a.tar::b.tar") and not is_shard_spec("/some/folder")
+    with pytest.raises(ValueError, match="runs backwards"):
+        expand_braces("s-{3..1}.tar")
+
+
+def test_make_shards_round_trip(tmp_path):
+    src = solid_images(tmp_path / "src", 23)
+    assert make_shards([str(src), str(tmp_path / "out"), "--shard-size", "10"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["count"] for s in manifest["shards"]] == [10, 10, 3] and manifest["num_samples"] == 23
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]  # no temp file left
+    shards, found = resolve_shards(str(tmp_path / "out"))
+    assert found == manifest and len(shards) == 3
+    same, _ = resolve_shards(str(tmp_path / "out" / "shard-{000000..000002}.tar"))
+    assert same == shards
+    data = ShardSamples(shards, img_size=8, noise=NoiseSpec(4), seed=0)
+    members = sorted(data.source(i)[0] for i in range(23))
+    assert members == sorted(p.read_bytes() for p in src.iterdir())  # every file, byte for byte, once
+    # an existing, non-empty output folder is refused, never overwritten
+    assert make_shards([str(src), str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.parametrize("repeat", [1, 2])
+def test_no_sample_twice_across_two_ranks_and_two_workers(tmp_path, repeat):
+    src = solid_images(tmp_path / "src", 37)
+    make_shards([str(src), str(tmp_path / "out"), "--shard-size", "8"])
+    shards, _ = resolve_shards(str(tmp_path / "out"))
+    seen, per_rank = [], []
+    for rank in range(2):
+        data = ShardSamples(shards, img_size=8, noise=NoiseSpec(4), seed=1, repeat=repeat)
+        data.split(rank=rank, world_size=2, batch_size=3)
+        data.set_epoch(2)
+        batches = list(torch.utils.data.DataLoader(data, batch_size=3, num_workers=2, drop_last=True))
+        per_rank.append(len(batches))
+        seen += [identity(img) for imgs, _ in batches for img in imgs]
+    assert per_rank == [37 * repeat // 6] * 2  # the same number of steps on each rank: DDP never waits forever
+    counts = np.bincount(seen, minlength=37)
+    assert len(seen) == 37 * repeat // 6 * 6 and counts.max() <= repeat  # nobody twice (per pass)
+
+
+def test_batches_do_not_depend_on_workers_and_one_process_equals_two(tmp_path):
+    src = solid_images(tmp_path / "src", 30)
+    make_shards([str(src), str(tmp_path / "out"), "--shard-size", "7"])
+    shards, _ = resolve_shards(str(tmp_path / "out"))
+
+    def run(world, rank, batch, workers):
+        data = ShardSamples(shards, img_size=8, noise=NoiseSpec(4), seed=0)
+        data.split(rank=rank, world_size=world, batch_size=batch)
+        data.set_epoch(1)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers, drop_last=True)
+        return [(imgs, noise) for imgs, noise in loader]
+
+    one = run(1, 0, 4, 0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(one, run(1, 0, 4, 2), strict=True))
+    ranks = [run(2, r, 2, 2) for r in range(2)]  # each global step: rank 0's 2 samples then rank 1's
+    for step, (imgs, noise) in enumerate(one):
+        assert torch.equal(imgs, torch.cat([ranks[0][step][0], ranks[1][step][0]]))
+        assert torch.equal(noise, torch.cat([ranks[0][step][1], ranks[1][step][1]]))
+
+
+def test_a_sample_is_the_same_from_a_folder_or_from_shards(tmp_path):
+    """Augmentation is a function of (seed, epoch, index): index = place in the (unshuffled) folder or shards."""
+    src = solid_images(tmp_path / "src", 5)
+    files = sorted(src.iterdir())
+    with tarfile.open(tmp_path / "one.tar", "w") as tar:
+        for i, path in enumerate(files):
+            tar.add(path, arcname=f"{i:04d}.png")
+    data = ShardSamples([tmp_path / "one.tar"], img_size=8, noise=NoiseSpec(4), seed=3)
+    folder = PretrainSamples(ImageFiles(files), img_size=8, noise=NoiseSpec(4), seed=3)
+    for i in range(5):
+        a, b = data.sample(i), folder[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bad_shards_are_named(tmp_path):
+    src = solid_images(tmp_path / "src", 4)
+    files = sorted(src.iterdir())
+    with tarfile.open(tmp_path / "good.tar", "w") as tar:
+        for i, path in enumerate(files):
+            tar.add(path, arcname=f"{i:04d}.png")
+        info = tarfile.TarInfo("0009.txt")  # a sample without an image: skipped and counted
+        info.size = 2
+        tar.addfile(info, fileobj=io.BytesIO(b"hi"))
+    full = (tmp_path / "good.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError, match=r"cut\.tar.*not a complete tar"):
+        ShardSamples([tmp_path / "cut.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+    with tarfile.open(tmp_path / "good.tar") as tar:
+        first = tar.next()
+        boundary = first.offset_data + -(-first.size // 512) * 512  # where the second member's header starts
+    (tmp_path / "cut_at_member.tar").write_bytes(full[:boundary])  # ends right after a member: no end marker
+    with pytest.raises(ValueError, match=r"cut_at_member\.tar.*end-of-archive"):
+        ShardSamples([tmp_path / "cut_at_member.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+    with pytest.warns(UserWarning, match="1 sample"):
+        data = ShardSamples([tmp_path / "good.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+    assert data.num_images == 4 and data.skipped == 1
+
+    with tarfile.open(tmp_path / "liar.tar", "w") as tar:
+        tar.add(files[0], arcname="0000.png")
+        info = tarfile.TarInfo("0001.jpg")  # says image, holds text
+        info.size = 5
+        tar.addfile(info, fileobj=io.BytesIO(b"hello"))
+    data = ShardSamples([tmp_path / "liar.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+    with pytest.raises(ValueError, match=r"liar\.tar' member '0001\.jpg' cannot be decoded"):
+        data.sample(1)
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        resolve_shards(str(tmp_path / "missing-{0..1}.tar"))
+
+
+@pytest.mark.slow
+def test_pretrain_on_shards_end_to_end_reports_data_wait(tmp_path):
+    from mae.train import TrainConfig, pretrain
+    from mae.train.metrics import read_metrics
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "src").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.jpg")
+    assert make_shards([str(tmp_path / "src"), str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    tiny = {"embed_dim": 64, "depth": 2, "num_heads": 4, "decoder_embed_dim": 32, "decoder_depth": 1,
+            "decoder_num_heads": 4}
+    config = TrainConfig(data=str(tmp_path / "shards"), img_size=32, patch_size=8, model_overrides=tiny, batch_size=4,
+                         num_workers=0, epochs=2, warmup_epochs=0.5, blr=1e-2, progress=False, keep_every=0,
+                         figures=False, output_dir=str(tmp_path / "runs"), name="shards")
+    result = pretrain(config)
+    assert result.global_step == 6 and math.isfinite(result.last_loss)  # 12 images / batch 4 = 3 steps per epoch
+    resolved = json.loads((result.run_dir / "train_config.json").read_text())
+    assert resolved["data"]["format"] == "tar shards" and resolved["data"]["num_images"] == 12
+    epochs = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(0.0 <= r["data_wait"] <= 1.0 for r in epochs)
