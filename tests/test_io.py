@@ -114,3 +114,4 @@ def test_remove_temporaries_removes_only_ours(tmp_path):
     (tmp_path / "notes.tmp").write_text("mine")
     removed = remove_temporaries(tmp_path)
     assert len(removed) == 2 and sorted(os.listdir(tmp_path)) == [".hidden-note", "notes.tmp"]
+

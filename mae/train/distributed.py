@@ -36,7 +36,9 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was requested but torch finds no CUDA GPU; use --device cpu or auto")
         return torch.device(device if ":" in device else f"cuda:{local_rank}")
-    return torch.device(device)
+    if device != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return torch.device("cpu")
 
 
 def init_distributed(device: str) -> DistInfo:

@@ -1,0 +1,303 @@
+"""What the three protocols share: the run folder, the epoch loop, evaluation, checkpoints, metrics, results.
+
+A run folder ``<output_dir>/<name>/`` holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one record per
+epoch), ``checkpoint.pt`` (after every epoch; ``--resume`` continues from it) and ``results.json``. Only rank 0
+writes; every file is replaced atomically.
+
+Exact resume: the learning rate is a pure function of the optimizer step, and every source of randomness (data order,
+augmentation, mixup, drop path) is re-seeded at the start of each epoch from (seed, epoch, rank). An epoch therefore
+runs identically whether the run went through or was resumed before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from ..io.atomic import atomic_write, write_json
+from ..train.schedule import lr_at_step
+from .config import RESUMABLE_FIELDS, EvalConfig
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    gather_rows,
+    init_distributed,
+    shard_indices,
+    shutdown,
+)
+
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "FEATURES_FILE", "METRICS_FILE", "RESULTS_FILE", "Run",
+    "load_resume",
+]
+
+CONFIG_FILE, METRICS_FILE, RESULTS_FILE = "config.json", "metrics.jsonl", "results.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # linear probe and fine-tuning: written after every epoch
+FEATURES_FILE = "features.pt"  # kNN: the extracted features, all a resumed kNN run needs
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_resume(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint of a run: ``path`` is the run folder or its checkpoint file (read with weights_only)."""
+    p = Path(path).expanduser()
+    file = next((p / n for n in (CHECKPOINT_FILE, FEATURES_FILE) if (p / n).is_file()), p) if p.is_dir() else p
+    if not file.is_file():
+        raise FileNotFoundError(f"--resume {str(path)!r}: no {CHECKPOINT_FILE} or {FEATURES_FILE} there; expected "
+                                "a run folder of mae-knn / mae-linprobe / mae-finetune or its checkpoint file")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        raise ValueError(f"--resume {str(file)!r} is corrupt or unreadable: {type(err).__name__}: {err}") from err
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "protocol" not in ckpt:
+        raise ValueError(f"--resume {str(file)!r} is not a checkpoint of an evaluation run")
+    ckpt["path"] = str(file)
+    return ckpt
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch, NumPy (timm's mixup) and Python from (seed, epoch, rank)."""
+    s = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)  # noqa: NPY002 (timm's Mixup draws from the legacy global generator)
+    random.seed(s)
+
+
+@dataclass
+class Run:
+    """One evaluation run: its config (resolved), the process group, the folder, and the checkpoint resumed from."""
+
+    config: EvalConfig
+    info: DistInfo
+    run_dir: Path
+    resumed: dict[str, Any] | None
+    precision: str
+    t0: float
+
+    @classmethod
+    def start(cls, config: EvalConfig, resume: str | os.PathLike | None) -> Run:
+        """Check the output folder and the checkpoint to resume, then join the process group (nothing written yet)."""
+        ckpt = load_resume(resume) if resume is not None else None
+        run_dir = Path(config.output_dir).expanduser() / config.run_name
+        if ckpt is not None:
+            if ckpt["protocol"] != config.protocol:
+                raise ValueError(f"--resume {ckpt['path']!r} is a {ckpt['protocol']} run, not {config.protocol}")
+            saved = type(config).from_dict(ckpt["config"])
+            given = {f: v for f, v in config.to_dict().items() if v is not None}  # None: "as before"
+            changed = [(f, getattr(saved, f), v) for f, v in given.items()
+                       if f not in RESUMABLE_FIELDS and getattr(saved, f) != v]
+            if changed:
+                details = "; ".join(f"{f}: checkpoint {a!r}, given {b!r}" for f, a, b in changed)
+                raise ValueError(f"cannot change these settings when resuming {ckpt['path']!r}: {details}; only "
+                                 f"{sorted(RESUMABLE_FIELDS)} may differ")
+            config = saved.replace(**{f: v for f, v in given.items() if f in RESUMABLE_FIELDS})
+            run_dir = Path(ckpt["path"]).parent
+        info = init_distributed(config.device)
+        try:
+            # Every process looks before any writes (the barrier), so all of them see the same folder.
+            taken = ckpt is None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+            barrier(info)
+            if taken:
+                raise ValueError(f"output folder {str(run_dir)!r} exists and is not empty; continue that run with "
+                                 f"--resume {run_dir}, or pick another --name or --output-dir (nothing is deleted)")
+        except BaseException:
+            shutdown(info)
+            raise
+        precision = config.precision
+        if precision == "auto":
+            cuda_bf16 = info.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            precision = "bf16" if cuda_bf16 else "fp32"
+        return cls(config, info, run_dir, ckpt, precision, time.perf_counter())
+
+    def begin(self, config: EvalConfig, extra: dict[str, Any]) -> None:
+        """Create the folder and write the resolved config (rank 0), once the inputs are known to be valid."""
+        self.config = config
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = {"protocol": config.protocol, **config.to_dict(), "precision_used": self.precision,
+                        "world_size": self.info.world_size, "device_used": str(self.info.device), **extra}
+            write_json(self.run_dir / CONFIG_FILE, resolved)
+        barrier(self.info)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def autocast(self):
+        dtype = _AUTOCAST.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def progress(self, total: int, desc: str):
+        # None: shown on a terminal only, so the logs of batch jobs keep just the summary lines
+        show = self.config.progress and self.info.is_main
+        return tqdm(total=total, desc=desc, disable=None if show else True, leave=False, dynamic_ncols=True)
+
+    def save(self, name: str, obj: dict[str, Any]) -> None:
+        if self.info.is_main:
+            state = {"protocol": self.config.protocol, "config": self.config.to_dict(), **obj}
+            atomic_write(self.run_dir / name, lambda tmp: torch.save(state, tmp))
+        barrier(self.info)
+
+    def finish(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Write ``results.json``, print the summary line, and return the results."""
+        results = {"protocol": self.config.protocol, **results, "seconds": time.perf_counter() - self.t0,
+                   "run_dir": str(self.run_dir)}
+        if self.info.is_main:
+            write_json(self.run_dir / RESULTS_FILE, results)
+            acc5 = f"  val_acc5 {results['val_acc5']:.2f}%" if "val_acc5" in results else ""
+            tqdm.write(f"mae-{self.config.protocol}: val_acc1 {results['val_acc1']:.2f}%{acc5}  "
+                       f"({results['seconds']:.1f} s)  {self.run_dir / RESULTS_FILE}")
+        return results
+
+    # ------------------------------------------------------------------ data
+
+    def eval_loader(self, dataset: Dataset) -> tuple[DataLoader, list[int]]:
+        """This process's share of ``dataset`` (no padding, so nothing is counted twice), in order."""
+        idx = shard_indices(len(dataset), self.info)
+        loader = DataLoader(Subset(dataset, idx), batch_size=self.config.batch_size, shuffle=False,
+                            num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
+        return loader, idx
+
+    @torch.no_grad()
+    def extract(self, fn: Callable[[Tensor], Tensor], dataset: Dataset, desc: str) -> tuple[Tensor, Tensor]:
+        """``fn(imgs)`` over a whole data set, gathered from every process: (N, ...) outputs and (N,) labels."""
+        loader, _ = self.eval_loader(dataset)
+        outs, labels = [], []
+        with self.progress(len(loader), desc) as bar:
+            for imgs, y in loader:
+                with self.autocast():
+                    outs.append(fn(imgs.to(self.device, non_blocking=True)).float())
+                labels.append(y.to(self.device))
+                bar.update()
+        n = len(dataset)
+        return gather_rows(torch.cat(outs), n, self.info), gather_rows(torch.cat(labels), n, self.info)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
+        """Cross-entropy and top-1 / top-5 accuracy (%) of ``model`` on ``dataset``, summed over processes."""
+        was_training = model.training
+        model.eval()
+        loader, _ = self.eval_loader(dataset)
+        totals = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss sum, top-1, top-5, count
+        for imgs, y in loader:
+            imgs, y = imgs.to(self.device, non_blocking=True), y.to(self.device)
+            with self.autocast():
+                logits = model(imgs).float()  # (B, C)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices == y.view(-1, 1)  # (B, k)
+            totals += torch.stack([F.cross_entropy(logits, y, reduction="sum"), top[:, :1].sum(), top.sum(),
+                                   torch.tensor(float(len(y)), device=self.device)]).double()
+        model.train(was_training)
+        loss, top1, top5, count = all_reduce_sum(totals, self.info).tolist()
+        out = {"val_loss": loss / count, "val_acc1": 100 * top1 / count}
+        if logits.shape[1] >= 5:
+            out["val_acc5"] = 100 * top5 / count
+        return out
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
+        loss_fn: Callable[[Tensor, Tensor], Tensor], batch_transform: Callable | None = None,
+    ) -> dict[str, Any]:
+        """Train ``model`` (its trainable parameters) for ``config.epochs`` epochs, evaluating after each.
+
+        Each param group's lr is the schedule's lr times its ``lr_scale`` (default 1). The last accumulation group
+        of an epoch may be shorter; it still steps, its loss divided by its own length. Under DDP, gradients are
+        synchronised on the last micro-batch of a group only.
+
+        Returns:
+            The last epoch's validation metrics plus ``best_val_acc1`` and the number of steps.
+        """
+        cfg, info = self.config, self.info
+        sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=False)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            drop_last=True, pin_memory=self.device.type == "cuda")
+        if len(loader) == 0:
+            raise ValueError(f"{len(train_set)} training samples give no full batch of batch_size={cfg.batch_size} "
+                             f"on each of {info.world_size} process(es); lower --batch-size")
+        steps_per_epoch = math.ceil(len(loader) / cfg.accum_iter)
+        effective = cfg.batch_size * cfg.accum_iter * info.world_size
+        base_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective / 256
+        total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        start, step, best, last = 0, 0, -1.0, {}
+        if self.resumed is not None:
+            model.load_state_dict(self.resumed["model"])
+            optimizer.load_state_dict(self.resumed["optimizer"])
+            scaler.load_state_dict(self.resumed["scaler"])
+            start, step, best = self.resumed["epoch"], self.resumed["step"], self.resumed["best_val_acc1"]
+            last = self.resumed["last"]
+            if start >= cfg.epochs:
+                raise ValueError(f"--resume {self.resumed['path']!r} already finished its {cfg.epochs} epochs")
+        ddp = DDP(model, device_ids=[self.device] if self.device.type == "cuda" else None) if info.enabled else None
+        forward = ddp if ddp is not None else model
+        for epoch in range(start, cfg.epochs):
+            t_epoch = time.perf_counter()
+            _seed_epoch(cfg.seed, epoch, info.rank)
+            sampler.set_epoch(epoch)
+            model.train()
+            n, loss_sum = len(loader), torch.zeros((), device=self.device)
+            with self.progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}") as bar:
+                for i, (x, y) in enumerate(loader):
+                    first = i - i % cfg.accum_iter
+                    group = min(cfg.accum_iter, n - first)
+                    if i == first:
+                        lr = lr_at_step(step, base_lr=base_lr, total_steps=total, warmup_steps=warmup,
+                                       min_lr=min(cfg.min_lr, base_lr))
+                        for g in optimizer.param_groups:
+                            g["lr"] = lr * g.get("lr_scale", 1.0)
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    if batch_transform is not None:
+                        x, y = batch_transform(x, y)
+                    last_micro = i == first + group - 1
+                    sync = ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext()
+                    with sync:
+                        with self.autocast():
+                            loss = loss_fn(forward(x).float(), y)
+                        scaler.scale(loss / group).backward()
+                    loss_sum += loss.detach() / group
+                    if not last_micro:
+                        continue
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} (epoch {epoch + 1})"
+                                                 "; lower --blr/--lr or use --precision fp32")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    bar.update()
+            train_loss = (all_reduce_sum(loss_sum, info) / (info.world_size * steps_per_epoch)).item()
+            last = self.evaluate(model, val_set)
+            best = max(best, last["val_acc1"])
+            record = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss, **last,
+                      "seconds": time.perf_counter() - t_epoch}
+            self.log(record)
+            if info.is_main and cfg.progress:
+                tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            self.save(CHECKPOINT_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
+                                        "best_val_acc1": best, "last": last})
+        return {**last, "best_val_acc1": best, "steps": step, "effective_batch": effective, "lr": base_lr}
