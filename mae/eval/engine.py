@@ -91,6 +91,16 @@ class Run:
     t0: float
 
     @classmethod
+    def execute(cls, config: EvalConfig, resume: str | os.PathLike | None, body: Callable[..., dict[str, Any]],
+                *args: Any) -> dict[str, Any]:
+        """Start the run, ``body(run, *args)``, and leave the process group whatever happens: every protocol's frame."""
+        run = cls.start(config, resume)
+        try:
+            return body(run, *args)
+        finally:
+            shutdown(run.info)
+
+    @classmethod
     def start(cls, config: EvalConfig, resume: str | os.PathLike | None) -> Run:
         """Check the output folder and the checkpoint to resume, then join the process group (nothing written yet)."""
         ckpt = load_resume(resume) if resume is not None else None

@@ -26,7 +26,6 @@ from ..io.timm import to_timm
 from ..model import MaskedAutoEncoder
 from .config import FinetuneConfig
 from .data import eval_transform, finetune_train_transform, load_data
-from .distributed import shutdown
 from .encoder import load_encoder
 from .engine import Run
 
@@ -93,11 +92,7 @@ def finetune(
         encoder: an in-memory ``MaskedAutoEncoder`` to start from instead.
         resume: a run folder (or its ``checkpoint.pt``) to continue.
     """
-    run = Run.start(config, resume)
-    try:
-        return _run(run, encoder)
-    finally:
-        shutdown(run.info)
+    return Run.execute(config, resume, _run, encoder)
 
 
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:

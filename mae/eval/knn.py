@@ -19,7 +19,6 @@ from torch import Tensor
 from ..model import MaskedAutoEncoder
 from .config import KNNConfig
 from .data import eval_transform, load_data
-from .distributed import shutdown
 from .encoder import load_encoder
 from .engine import FEATURES_FILE, Run
 from .features import pooled_features
@@ -85,11 +84,7 @@ def knn(
     Train and val features are extracted with the evaluation transform (each process its share, gathered), saved to
     ``<run>/features.pt``, and every query is classified by ``knn_scores``. ``resume`` (a run folder) reuses them.
     """
-    run = Run.start(config, resume)
-    try:
-        return _run(run, encoder)
-    finally:
-        shutdown(run.info)
+    return Run.execute(config, resume, _run, encoder)
 
 
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:

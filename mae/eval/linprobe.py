@@ -22,7 +22,6 @@ from torch.utils.data import TensorDataset
 from ..model import MaskedAutoEncoder
 from .config import LinProbeConfig
 from .data import eval_transform, load_data, probe_train_transform
-from .distributed import shutdown
 from .encoder import load_encoder
 from .engine import Run
 from .features import pooled_features
@@ -107,11 +106,7 @@ def linear_probe(
         encoder: an in-memory ``MaskedAutoEncoder`` to probe instead.
         resume: a run folder (or its ``checkpoint.pt``) to continue.
     """
-    run = Run.start(config, resume)
-    try:
-        return _run(run, encoder)
-    finally:
-        shutdown(run.info)
+    return Run.execute(config, resume, _run, encoder)
 
 
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
