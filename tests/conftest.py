@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from mae import MaskedAutoEncoder
+from mae import MAEConfig, MaskedAutoEncoder
 
 # Deterministic property tests: the same examples every run, no example database written to the repository,
 # and no per-example deadline (a shared CI machine is noisy).
@@ -27,18 +27,8 @@ HAS_CUDA = torch.cuda.is_available()
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
-# The tiny configuration used across the suite: L = 16 patches of 8x8, encoder 64 wide, decoder 32 wide.
-TINY = {
-    "img_size": 32,
-    "patch_size": 8,
-    "in_chans": 3,
-    "embed_dim": 64,
-    "depth": 2,
-    "num_heads": 4,
-    "decoder_embed_dim": 32,
-    "decoder_depth": 2,
-    "decoder_num_heads": 4,
-}
+
+TINY = MAEConfig.from_name("mae_vit_test").to_dict()  # the registered test preset: 32 px, patch 8, 64 wide
 
 
 def tiny_model(seed: int = 0, **overrides) -> MaskedAutoEncoder:

@@ -29,10 +29,7 @@ from mae.io import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 2, "num_heads": 4,
-    "decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 4,
-}
+TINY = MAEConfig.from_name("mae_vit_test").to_dict()  # the registered test preset: 32 px, patch 8, 64 wide
 HEADS = {"num_heads": 4, "decoder_num_heads": 4}  # what shapes cannot tell for the tiny config
 
 

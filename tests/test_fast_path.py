@@ -12,13 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import mae.functional as MF
-from mae import Block, MaskedAutoEncoder, PatchEmbedding
+from mae import Block, MAEConfig, MaskedAutoEncoder, PatchEmbedding
 from mae.layers import CPU_BF16_EXPLICIT_MAX_KEYS, attention
 
-TINY = dict(
-    img_size=32, patch_size=8, in_chans=3, embed_dim=64, depth=2, num_heads=4,
-    decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4,
-)
+TINY = MAEConfig.from_name("mae_vit_test").to_dict()  # the registered test preset: 32 px, patch 8, 64 wide
 
 
 def tiny_model(**overrides) -> MaskedAutoEncoder:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mae
-from mae import MaskedAutoEncoder
+from mae import MAEConfig, MaskedAutoEncoder
 from mae.functional import sincos_pos_embed_2d
 from mae.io import load_pretrained
 from mae.io.hf import config_from_hf, config_to_hf, hf_to_mae_state_dict, mae_to_hf_state_dict, save_hf
@@ -20,10 +20,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel  # noqa: E402
 from transformers.models.vit_mae import modeling_vit_mae  # noqa: E402
 
-TINY = {
-    "img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 2, "num_heads": 4,
-    "decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 4,
-}
+TINY = MAEConfig.from_name("mae_vit_test").to_dict()  # the registered test preset: 32 px, patch 8, 64 wide
 TOL = 1e-5
 
 

@@ -8,14 +8,11 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import mae
-from mae import MaskedAutoEncoder
+from mae import MAEConfig, MaskedAutoEncoder
 from mae.functional import sincos_pos_embed_2d
 from mae.io.timm import to_timm
 
-TINY = {
-    "img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 64, "depth": 2, "num_heads": 4,
-    "decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 4,
-}
+TINY = MAEConfig.from_name("mae_vit_test").to_dict()  # the registered test preset: 32 px, patch 8, 64 wide
 
 
 def trained_looking(seed: int = 0, **overrides) -> MaskedAutoEncoder:
