@@ -31,6 +31,7 @@ from mae.train.data import build_data, normalize_on_device
 from mae.train.heldout import heldout_batch, heldout_scores
 from mae.train.metrics import read_metrics
 from mae.train.optim import build_optimizer
+from mae.train.rundir import check_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"embed_dim": 64, "depth": 2, "num_heads": 4, "decoder_embed_dim": 32, "decoder_depth": 1,
@@ -132,6 +133,7 @@ def test_default_run_scores_the_held_out_batch_and_draws_it(tmp_path, monkeypatc
     assert (scores.loss, scores.baseline) == pytest.approx((summary["heldout_loss"], summary["heldout_baseline_loss"]))
     assert torch.equal(drawn["imgs"], imgs) and torch.equal(drawn["noise"], noise)
     assert (result.run_dir / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_run_dir(result.run_dir, resuming=False, overwrite=True)  # the new files are ours: --overwrite may delete
 
 
 def test_data_run_summary_has_no_held_out_fields(tmp_path):
