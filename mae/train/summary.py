@@ -1,11 +1,12 @@
 """What a finished run leaves to read at a glance: ``summary.json``, for the demo its held-out score, and figures.
 
-``summary.json``: ``norm_pix_loss``, ``steps`` (optimizer steps in total), ``seconds`` (wall time of this invocation)
-for every run; without ``--data`` also ``heldout_loss``, ``heldout_baseline_loss`` and ``heldout_ratio``
-(``mae.train.heldout``), next to ``heldout_images.pt``: the exact normalised batch scored, a plain (N, C, H, W) float32
-tensor (``torch.load(path, weights_only=True)``), of which ``reconstructions.png`` draws the first rows with the same
-masks. With ``--data`` there are no held-out photographs: the summary has no held-out fields and the figure shows
-training images.
+``summary.json``: ``norm_pix_loss``, ``steps`` (optimizer steps in total), ``seconds`` (wall time of this invocation,
+from building the data to the end of the last epoch) for every run; without ``--data`` also ``heldout_loss``,
+``heldout_baseline_loss`` and ``heldout_ratio`` (``mae.train.heldout``: a norm_pix model's predictions are
+de-normalised with the TRUE patch statistics before scoring), next to ``heldout_images.pt``: the exact normalised batch
+scored, a plain (N, C, H, W) float32 tensor (``torch.load(path, weights_only=True)``), of which ``reconstructions.png``
+draws the first rows with the same masks. With ``--data`` there are no held-out photographs: the summary has no
+held-out fields and the figure shows training images.
 """
 
 from __future__ import annotations
