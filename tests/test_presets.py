@@ -75,7 +75,14 @@ def count_by_formula(name: str, img: int = 224, C: int = 3) -> tuple[int, int]:
 
 
 def test_list_models_names_every_preset():
-    assert list_models() == sorted([*ARCH, "mae_vit_test"])
+    assert list_models() == sorted([*ARCH, "mae_vit_demo_patch4", "mae_vit_test"])
+
+
+def test_the_demo_preset_is_the_default_runs_model():
+    """Ours (issue 10): 64 px, a 16x16 grid of 4 px patches, 128 wide x 4 blocks, decoder 128 x 2."""
+    cfg = MAEConfig.from_name("mae_vit_demo_patch4")
+    assert (cfg.img_size, cfg.patch_size, cfg.grid_size) == ((64, 64), (4, 4), (16, 16))
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.decoder_embed_dim, cfg.decoder_depth) == (128, 4, 4, 128, 2)
 
 
 def test_the_test_preset_is_the_suite_size():

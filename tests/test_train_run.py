@@ -20,14 +20,18 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import mae.functional
+import mae.train.figures
 from mae import MAEConfig, MaskedAutoEncoder
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
 from mae.train import NonFiniteLossError, TrainConfig, pretrain
+from mae.train.augment import NoiseSpec
 from mae.train.checkpoint import read_train_checkpoint
 from mae.train.cli import main
 from mae.train.data import build_data, normalize_on_device
+from mae.train.heldout import heldout_batch, heldout_scores
 from mae.train.metrics import read_metrics
 from mae.train.optim import build_optimizer
+from mae.train.rundir import check_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"embed_dim": 64, "depth": 2, "num_heads": 4, "decoder_embed_dim": 32, "decoder_depth": 1,
@@ -103,6 +107,41 @@ def test_default_data_run_writes_everything(tmp_path, capsys):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "img/s" in out
+
+
+def test_default_run_scores_the_held_out_batch_and_draws_it(tmp_path, monkeypatch):
+    """Without --data (issue 10): summary.json with the score and the baseline, the scored batch saved as a plain
+    tensor, and the reconstruction figure drawn from that batch with the same masks."""
+    drawn = {}
+    real_figure = mae.train.figures.reconstruction_figure
+
+    def recording_figure(model, imgs, **kw):
+        drawn.update(imgs=imgs.cpu(), noise=kw["noise"].cpu())
+        return real_figure(model, imgs, **kw)
+
+    monkeypatch.setattr(mae.train.figures, "reconstruction_figure", recording_figure)
+    result = pretrain(tiny_config(tmp_path, None, epochs=1, repeat=1, figures=True))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert {"heldout_loss", "heldout_baseline_loss", "heldout_ratio", "norm_pix_loss", "steps", "seconds"} <= set(
+        summary)
+    assert summary["steps"] == result.global_step == 3 and summary["norm_pix_loss"] is True  # the demo's targets
+    assert summary["heldout_ratio"] == pytest.approx(summary["heldout_loss"] / summary["heldout_baseline_loss"])
+    imgs = torch.load(result.run_dir / "heldout_images.pt", weights_only=True)
+    assert type(imgs) is torch.Tensor and imgs.shape == (16, 3, 32, 32) and imgs.dtype == torch.float32
+    noise = heldout_batch(32, NoiseSpec(16))[1]
+    scores = heldout_scores(result.model, imgs, noise)  # the saved batch IS the scored one
+    assert (scores.loss, scores.baseline) == pytest.approx((summary["heldout_loss"], summary["heldout_baseline_loss"]))
+    assert torch.equal(drawn["imgs"], imgs) and torch.equal(drawn["noise"], noise)
+    assert (result.run_dir / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_run_dir(result.run_dir, resuming=False, overwrite=True)  # the new files are ours: --overwrite may delete
+
+
+def test_data_run_summary_has_no_held_out_fields(tmp_path):
+    data = write_images(tmp_path / "data", 8)
+    result = pretrain(tiny_config(tmp_path, data, epochs=1))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert set(summary) == {"norm_pix_loss", "steps", "seconds"} and summary["norm_pix_loss"] is False
+    assert not (result.run_dir / "heldout_images.pt").exists()
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

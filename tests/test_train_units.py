@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mae import create_model
+from mae import MAEConfig, create_model
 from mae.train import TrainConfig, lr_at_step, param_groups, scaled_lr
 from mae.train.checkpoint import (
     MODEL_FILE,
@@ -81,14 +81,26 @@ def test_param_groups_follow_the_paper():
 
 
 def test_defaults_follow_the_data_source():
-    demo = TrainConfig()  # the built-in photographs: a CPU-sized run
+    demo = TrainConfig()  # the built-in photographs: a CPU-sized run (issue 10: one that visibly learns)
     assert (demo.img_size, demo.patch_size, demo.batch_size, demo.epochs, demo.warmup_epochs, demo.blr) == (
-        64, 8, 32, 20, 1.0, 1.6e-2)
-    assert demo.model_config.grid_size == (8, 8)
+        64, 4, 32, 4, 1.0, 1.6e-2)
+    assert (demo.model, demo.norm_pix_loss, demo.model_overrides) == ("mae_vit_demo_patch4", True, None)
+    assert demo.model_config.grid_size == (16, 16) and demo.model_config.norm_pix_loss
+    assert demo.model_config == MAEConfig.from_name("mae_vit_demo_patch4", norm_pix_loss=True)
+    # another preset on the photographs is that preset, not silently the demo's model
+    other = TrainConfig(model="mae_vit_tiny_patch16")
+    assert (other.model_config.embed_dim, other.model_config.depth) == (192, 12)
     paper = TrainConfig(data="/imagenet/train", model="mae_vit_huge_patch14")  # the paper's recipe (Sec. 4)
     assert (paper.img_size, paper.patch_size, paper.epochs, paper.warmup_epochs, paper.blr, paper.repeat) == (
         224, 14, 800, 40.0, 1.5e-4, 1)
-    assert (paper.weight_decay, paper.mask_ratio) == (0.05, 0.75)
+    assert (paper.weight_decay, paper.mask_ratio, paper.norm_pix_loss) == (0.05, 0.75, False)
+    data_default = TrainConfig(data="/imagenet/train")  # the --data default model stays ViT-Tiny, its 16 px patches
+    assert (data_default.model, data_default.patch_size, data_default.norm_pix_loss) == (
+        "mae_vit_tiny_patch16", 16, False)
+    # a demo run saved by an older version (ViT-Tiny, 8 px patches, pixel targets) rebuilds to that run, not this demo
+    old = TrainConfig.from_dict({**demo.to_dict(), "model": "mae_vit_tiny_patch16", "patch_size": 8,
+                                 "norm_pix_loss": False})
+    assert (old.model_config.embed_dim, old.model_config.patch_size, old.norm_pix_loss) == (192, (8, 8), False)
     # concrete values are stored, so a saved config rebuilds to itself
     assert TrainConfig.from_dict(paper.to_dict()) == paper
     assert TrainConfig(data="d", epochs=3, warmup_epochs=1).epochs == 3

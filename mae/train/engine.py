@@ -33,12 +33,12 @@ from .config import TrainConfig
 from .data import Batches, build_data, build_loader, normalize_on_device
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .extra import require_train_extra
-from .figures import LOSS_FIGURE, RECONSTRUCTION_FIGURE, save_figures
 from .metrics import MetricsLog, require_tensorboard
 from .optim import build_optimizer
 from .resume import check_not_older, check_resumable, run_dir_of
 from .rundir import METRICS_FILE, RunLock, check_run_dir, prepare_run_dir, write_run_config
 from .schedule import lr_at_step, scaled_lr
+from .summary import finish_run
 
 __all__ = ["NonFiniteLossError", "TrainResult", "pretrain", "train_one_epoch"]
 
@@ -142,6 +142,7 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 
 def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoint | None) -> TrainResult:
     """The run, step by step: data, run folder (locked), then ``_train``."""
+    started = time.perf_counter()
     data, loader = _build_loader(config, info)
     with contextlib.ExitStack() as held:
         # Inputs are valid: only now is the run folder created (or, with --overwrite, the previous run deleted).
@@ -149,12 +150,12 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
             held.enter_context(RunLock(run_dir))
             prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
         barrier(info)
-        return _train(config, info, run_dir, ckpt, (data, loader))
+        return _train(config, info, run_dir, ckpt, (data, loader), started)
 
 
 def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoint | None,
-           inputs: tuple[Any, Batches]) -> TrainResult:
-    """Plan, model, records, epochs, figures."""
+           inputs: tuple[Any, Batches], started: float) -> TrainResult:
+    """Plan, model, records, epochs, then summary and figures."""
     data, loader = inputs
     plan = _make_plan(config, info, len(loader))
     loop = _build_loop(config, plan, info, ckpt)
@@ -174,11 +175,10 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
                 break
     finally:
         loop.metrics.close()
-    if info.is_main and config.figures:
-        save_figures(run_dir, loop.model, data.figure_images, caption=data.figure_caption, seed=config.seed)
-        _say(f"loss curve: {run_dir / LOSS_FIGURE}\nreconstructions: {run_dir / RECONSTRUCTION_FIGURE}")
     if info.is_main:
-        _say(f"run folder: {run_dir}")
+        for line in finish_run(config, loop.model, run_dir, data, steps=loop.global_step,
+                               seconds=time.perf_counter() - started):
+            _say(line)
     return TrainResult(run_dir, loop.model, epochs_done, loop.global_step, last_loss)
 
 

@@ -19,14 +19,17 @@ from ..io.atomic import TEMP_SUFFIX, remove_temporaries, write_json
 from ..io.reading import read_json
 
 __all__ = [
-    "METRICS_FILE", "RUN_CONFIG_FILE", "RUN_FORMAT", "RunLock", "check_run_dir", "prepare_run_dir", "write_run_config",
+    "HELDOUT_IMAGES_FILE", "METRICS_FILE", "RUN_CONFIG_FILE", "RUN_FORMAT", "SUMMARY_FILE", "RunLock", "check_run_dir",
+    "prepare_run_dir", "write_run_config",
 ]
 
 RUN_CONFIG_FILE, METRICS_FILE, LOCK_FILE = "train_config.json", "metrics.jsonl", ".lock"
+SUMMARY_FILE, HELDOUT_IMAGES_FILE = "summary.json", "heldout_images.pt"
 RUN_FORMAT = "mae-pretrain-run"
 _RUN_MARKERS = (RUN_CONFIG_FILE, METRICS_FILE, "checkpoints")
 # Everything the trainer writes in a run folder, and in its checkpoints folder.
-_OURS = {RUN_CONFIG_FILE, METRICS_FILE, LOCK_FILE, "checkpoints", "tensorboard", "loss.png", "reconstructions.png"}
+_OURS = {RUN_CONFIG_FILE, METRICS_FILE, LOCK_FILE, "checkpoints", "tensorboard", "loss.png", "reconstructions.png",
+         SUMMARY_FILE, HELDOUT_IMAGES_FILE}
 _OUR_CHECKPOINT = re.compile(r"last|epoch_\d{4,}|\..+\.old|\..+" + re.escape(TEMP_SUFFIX))
 
 
