@@ -143,3 +143,15 @@ def test_resume_from_a_state_without_run_config(tmp_path, capsys):
     assert read_train_checkpoint(path).train_state == {"epoch": 1}
     assert main(["--resume", str(path)]) == 2
     assert "lacks ['run_config'" in capsys.readouterr().err
+
+
+def test_an_absurd_img_size_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    """--img-size 1000000 used to reach torch's allocator (3 TB for the figure views) and end in a traceback."""
+    from mae.train.cli import main
+
+    args = tiny_args(tmp_path, None)
+    args[args.index("--img-size") + 1] = "1000000"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--img-size 1000000" in err and "GiB" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing written

@@ -19,6 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import __version__
+from .._checks import check_fits
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from .checkpoint import (
@@ -143,6 +144,7 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoint | None) -> TrainResult:
     """The run, step by step: data, run folder (locked), then ``_train``."""
     started = time.perf_counter()
+    _check_sizes(config, info)
     data, loader = _build_loader(config, info)
     with contextlib.ExitStack() as held:
         # Inputs are valid: only now is the run folder created (or, with --overwrite, the previous run deleted).
@@ -180,6 +182,16 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckp
                                seconds=time.perf_counter() - started):
             _say(line)
     return TrainResult(run_dir, loop.model, epochs_done, loop.global_step, last_loss)
+
+
+def _check_sizes(config: TrainConfig, info: DistInfo) -> None:
+    """Refuse sizes that cannot fit before anything is allocated (an absurd --img-size got the process killed)."""
+    model = config.model_config
+    device_bytes, host_bytes = model.memory_bytes(4)
+    batch = config.batch_size * model.in_chans * model.img_size[0] * model.img_size[1] * 4  # one float32 batch
+    what = f"--img-size {config.img_size} with --batch-size {config.batch_size} and --model {config.model}"
+    check_fits(host_bytes + batch, what, None)
+    check_fits(device_bytes + batch, what, info.device)
 
 
 def _build_loader(config: TrainConfig, info: DistInfo) -> tuple[Any, Batches]:
