@@ -83,7 +83,7 @@ def test_param_groups_follow_the_paper():
 def test_defaults_follow_the_data_source():
     demo = TrainConfig()  # the built-in photographs: a CPU-sized run (issue 10: one that visibly learns)
     assert (demo.img_size, demo.patch_size, demo.batch_size, demo.epochs, demo.warmup_epochs, demo.blr) == (
-        64, 4, 32, 4, 1.0, 1.6e-2)
+        64, 4, 32, 2, 1.0, 1.6e-2)
     assert (demo.model, demo.norm_pix_loss, demo.model_overrides) == ("mae_vit_demo_patch4", True, None)
     assert demo.model_config.grid_size == (16, 16) and demo.model_config.norm_pix_loss
     assert demo.model_config == MAEConfig.from_name("mae_vit_demo_patch4", norm_pix_loss=True)
