@@ -83,9 +83,10 @@ def pretrain(seed: int, epochs: int, model_kwargs: dict | None = None) -> tuple[
                    "seconds": time.perf_counter() - t0}
 
 
-def random_init(seed: int) -> MaskedAutoEncoder:
+def random_init(seed: int, model_kwargs: dict | None = None) -> MaskedAutoEncoder:
+    """The baseline encoder: the same architecture (``model_kwargs``, default ``MODEL``) with no training."""
     torch.manual_seed(seed)
-    return MaskedAutoEncoder(**MODEL)
+    return MaskedAutoEncoder(**(MODEL if model_kwargs is None else model_kwargs))
 
 
 def frozen_protocols(encoder: MaskedAutoEncoder, tag: str, common: dict, probe_epochs: int | None = None) -> dict:
