@@ -80,7 +80,8 @@ def run_variant(variant: str, seed: int, epochs: int, out: Path, probe_epochs: i
     common = {"output_dir": str(out / "runs" / f"{variant}-seed{seed}"), "seed": seed, "progress": False}
     row = {"variant": variant, "seed": seed, "pretrain": stats, **frozen_protocols(model, "mae", common, probe_epochs)}
     if finetune_epochs:
-        r = finetune(FinetuneConfig(name="finetune-mae", epochs=finetune_epochs, layer_decay=0.65, **FINETUNE,
+        decay = 1.0 if variant == UNTRAINED else 0.65  # from scratch without layer decay, as evaluate_digits
+        r = finetune(FinetuneConfig(name="finetune-mae", epochs=finetune_epochs, layer_decay=decay, **FINETUNE,
                                     **common), encoder=model)
         row["finetune"] = {"acc1": r["val_acc1"], "seconds": r["seconds"]}
     return row
