@@ -43,15 +43,20 @@ FINETUNE = {"blr": 4e-3, "mixup": 0.0, "cutmix": 0.0, "auto_augment": "none", "r
 PRETRAIN = {"epochs": 60, "batch_size": 128, "lr": 1e-3, "warmup_epochs": 10, "weight_decay": 0.05}
 
 
-def pretrain(seed: int, epochs: int) -> tuple[MaskedAutoEncoder, dict]:
-    """A minimal MAE pretraining loop on the training digits (the val split is never seen)."""
+def pretrain(seed: int, epochs: int, model_kwargs: dict | None = None) -> tuple[MaskedAutoEncoder, dict]:
+    """A minimal MAE pretraining loop on the training digits (the val split is never seen).
+
+    ``model_kwargs`` (default ``MODEL``) are the ``MaskedAutoEncoder`` arguments; benchmarks/ablations.py varies them.
+    """
+    model_kwargs = MODEL if model_kwargs is None else model_kwargs
     torch.manual_seed(seed)
-    model = MaskedAutoEncoder(**MODEL)
+    model = MaskedAutoEncoder(**model_kwargs)
+    img_size = model_kwargs["img_size"]
     tf = transforms.Compose([
-        transforms.RandomResizedCrop(32, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomResizedCrop(img_size, scale=(0.5, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-    loader = DataLoader(DigitsDataset("train", 32, tf), batch_size=PRETRAIN["batch_size"], shuffle=True,
+    loader = DataLoader(DigitsDataset("train", img_size, tf), batch_size=PRETRAIN["batch_size"], shuffle=True,
                         drop_last=True, generator=torch.Generator().manual_seed(seed))
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim > 1 and "token" not in n)]
@@ -78,9 +83,23 @@ def pretrain(seed: int, epochs: int) -> tuple[MaskedAutoEncoder, dict]:
                    "seconds": time.perf_counter() - t0}
 
 
-def random_init(seed: int) -> MaskedAutoEncoder:
+def random_init(seed: int, model_kwargs: dict | None = None) -> MaskedAutoEncoder:
+    """The baseline encoder: the same architecture (``model_kwargs``, default ``MODEL``) with no training."""
     torch.manual_seed(seed)
-    return MaskedAutoEncoder(**MODEL)
+    return MaskedAutoEncoder(**(MODEL if model_kwargs is None else model_kwargs))
+
+
+def frozen_protocols(encoder: MaskedAutoEncoder, tag: str, common: dict, probe_epochs: int | None = None) -> dict:
+    """kNN and the linear probe (cached features) of a frozen encoder: {"knn": {acc1, seconds}, "linprobe": ...}.
+
+    ``common``: the ``EvalConfig`` fields shared by both runs (output_dir, seed, progress); the run folders are
+    ``knn-<tag>`` and ``linprobe-<tag>``. ``probe_epochs``: None keeps the protocol's digits default (90).
+    """
+    r_knn = knn(KNNConfig(name=f"knn-{tag}", **common), encoder=encoder)
+    r_lin = linear_probe(LinProbeConfig(name=f"linprobe-{tag}", cache_features=True, epochs=probe_epochs, **common),
+                         encoder=encoder)
+    return {"knn": {"acc1": r_knn["val_acc1"], "seconds": r_knn["seconds"]},
+            "linprobe": {"acc1": r_lin["val_acc1"], "seconds": r_lin["seconds"]}}
 
 
 def evaluate(seed: int, out: Path, pretrain_epochs: int, finetune_epochs: int) -> dict:
@@ -90,10 +109,8 @@ def evaluate(seed: int, out: Path, pretrain_epochs: int, finetune_epochs: int) -
           f"{row['pretrain']['first_loss']:.3f} -> {row['pretrain']['last_loss']:.3f}", flush=True)
     common = {"output_dir": str(out / f"seed{seed}"), "seed": seed, "progress": False}
     for init, encoder in (("mae", model), ("random", random_init(seed))):
-        r = knn(KNNConfig(name=f"knn-{init}", **common), encoder=encoder)
-        row[f"knn_{init}"] = {"acc1": r["val_acc1"], "seconds": r["seconds"]}
-        r = linear_probe(LinProbeConfig(name=f"linprobe-{init}", cache_features=True, **common), encoder=encoder)
-        row[f"linprobe_{init}"] = {"acc1": r["val_acc1"], "seconds": r["seconds"]}
+        for proto, result in frozen_protocols(encoder, init, common).items():
+            row[f"{proto}_{init}"] = result
     for init, encoder, decay in (("mae", model, 0.65), ("scratch", random_init(seed), 1.0)):
         r = finetune(FinetuneConfig(name=f"finetune-{init}", epochs=finetune_epochs, layer_decay=decay,
                                     **FINETUNE, **common), encoder=encoder)

@@ -266,9 +266,10 @@ class MaskedAutoEncoder(nn.Module):
     def forward_features(self, imgs: Tensor) -> Tensor:
         """All tokens, no masking, for downstream use: (B, C, H, W) -> (B, 1+L, D) after the final norm.
 
-        The encoder at mask ratio 0 (every patch kept, in the original order).
+        The encoder at mask ratio 0 (every patch kept, in the original order). The model's default masking strategy
+        plays no part: with nothing removed they all agree, and grid masking would refuse a ratio other than 0.75.
         """
-        return self.encoder(imgs, mask_ratio=0.0).latent
+        return self.encoder(imgs, mask_ratio=0.0, masking="random").latent
 
     # ------------------------------------------------------------------ decoder
 

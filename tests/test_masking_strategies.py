@@ -206,6 +206,13 @@ def test_model_default_masking_comes_from_the_config():
     assert torch.equal((1 - cells).sum(dim=-1), torch.ones(2, 4)) and torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("masking", ["block", "grid"])
+def test_forward_features_ignores_the_default_masking(masking):
+    # Downstream evaluation (mae.eval) reads features of models pretrained with any strategy.
+    imgs = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_model(masking=masking).forward_features(imgs), _model().forward_features(imgs))
+
+
 def test_a_user_mask_is_obeyed_by_encoder_and_forward():
     model = _model()
     imgs = torch.randn(2, 3, 32, 32)
