@@ -115,3 +115,17 @@ def test_remove_temporaries_removes_only_ours(tmp_path):
     removed = remove_temporaries(tmp_path)
     assert len(removed) == 2 and sorted(os.listdir(tmp_path)) == [".hidden-note", "notes.tmp"]
 
+
+
+def test_loading_and_saving_name_their_bad_arguments(tmp_path):
+    """strict="false" used to count as true; save_pretrained(model, 3) failed inside pathlib without naming it."""
+    import mae
+
+    model = mae.create_model("mae_vit_test")
+    folder = mae.save_pretrained(model, tmp_path / "m")
+    with pytest.raises(TypeError, match="strict"):
+        mae.from_pretrained(folder, strict="false")
+    with pytest.raises(TypeError, match="directory"):
+        mae.save_pretrained(model, 3)
+    with pytest.raises(TypeError, match="model"):
+        mae.io.load_checkpoint("not a model", folder)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import check_bool
 from ..config import MAEConfig
 from ..model import MaskedAutoEncoder
 from .infer import check_config_fits, infer_config
@@ -127,6 +128,9 @@ def load_checkpoint(
         ValueError: missing/unexpected keys (listed by name), shape mismatches (both shapes shown), or non-float
             tensors where the model holds float weights.
     """
+    if not isinstance(model, MaskedAutoEncoder):
+        raise TypeError(f"model must be a MaskedAutoEncoder, got {type(model).__name__}")
+    strict = check_bool(strict, "strict")  # the string "false" would count as true
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
     state_dict = dict(ckpt.state_dict)
     notes = list(ckpt.notes)
@@ -180,6 +184,7 @@ def load_pretrained(
     Returns:
         ``(model, report)``; ``print(report)`` says what was loaded and what stays at initialisation.
     """
+    strict = check_bool(strict, "strict")
     ckpt = read_checkpoint(source)
     if ckpt.config is not None:
         config = MAEConfig(**{**ckpt.config, **overrides})

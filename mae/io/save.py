@@ -50,5 +50,8 @@ def save_pretrained(model: MaskedAutoEncoder, directory: str | os.PathLike) -> P
     """
     if not isinstance(model, MaskedAutoEncoder):
         raise TypeError(f"model must be a MaskedAutoEncoder, got {type(model).__name__}")
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path (str or os.PathLike), got {directory!r} "
+                        f"({type(directory).__name__})")
     config = {**model.config.to_dict(), "format": FORMAT_TAG}
     return write_weights_dir(directory, config, model.state_dict())
