@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_write, write_json
+from ..model import MaskedAutoEncoder
 from ..train.schedule import lr_at_step
 from .config import RESUMABLE_FIELDS, EvalConfig
 from .distributed import (
@@ -42,6 +43,7 @@ from .distributed import (
     shard_indices,
     shutdown,
 )
+from .encoder import load_encoder
 
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "FEATURES_FILE", "METRICS_FILE", "RESULTS_FILE", "Run",
@@ -134,6 +136,15 @@ class Run:
             cuda_bf16 = info.device.type == "cuda" and torch.cuda.is_bf16_supported()
             precision = "bf16" if cuda_bf16 else "fp32"
         return cls(config, info, run_dir, ckpt, precision, time.perf_counter())
+
+    def load_encoder(
+        self, given: MaskedAutoEncoder | None, *, on_device: bool = True
+    ) -> tuple[MaskedAutoEncoder, dict]:
+        """The encoder the config names (``checkpoint`` or ``model``), or ``given``, and where it came from."""
+        cfg = self.config
+        return load_encoder(given if given is not None else cfg.checkpoint, cfg.model, img_size=cfg.img_size,
+                            patch_size=cfg.patch_size, builtin_data=cfg.data is None, seed=cfg.seed,
+                            device=self.device if on_device else None)
 
     def begin(self, config: EvalConfig, extra: dict[str, Any]) -> None:
         """Create the folder and write the resolved config (rank 0), once the inputs are known to be valid."""

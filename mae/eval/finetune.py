@@ -26,7 +26,6 @@ from ..io.timm import to_timm
 from ..model import MaskedAutoEncoder
 from .config import FinetuneConfig
 from .data import eval_transform, finetune_train_transform, load_data
-from .encoder import load_encoder
 from .engine import Run
 
 __all__ = ["build_finetune_model", "finetune", "layer_id", "param_groups_layer_decay"]
@@ -97,8 +96,7 @@ def finetune(
 
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     cfg = run.config
-    encoder, source = load_encoder(given if given is not None else cfg.checkpoint, cfg.model, img_size=cfg.img_size,
-                                   patch_size=cfg.patch_size, builtin_data=cfg.data is None, seed=cfg.seed)
+    encoder, source = run.load_encoder(given, on_device=False)  # moved to the device as a timm model
     cfg = cfg.resolve(encoder.config.embed_dim)
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ValueError(f"batch_size must be even with mixup/cutmix (pairs are mixed), got {cfg.batch_size}")

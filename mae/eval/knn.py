@@ -19,7 +19,6 @@ from torch import Tensor
 from ..model import MaskedAutoEncoder
 from .config import KNNConfig
 from .data import eval_transform, load_data
-from .encoder import load_encoder
 from .engine import FEATURES_FILE, Run
 from .features import pooled_features
 
@@ -89,9 +88,7 @@ def knn(
 
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     cfg = run.config
-    encoder, source = load_encoder(given if given is not None else cfg.checkpoint, cfg.model, img_size=cfg.img_size,
-                                   patch_size=cfg.patch_size, builtin_data=cfg.data is None, seed=cfg.seed,
-                                   device=run.device)
+    encoder, source = run.load_encoder(given)
     cfg = cfg.resolve(encoder.config.embed_dim)
     img_size = encoder.config.img_size[0]
     tf = eval_transform(img_size, cfg.crop_pct)

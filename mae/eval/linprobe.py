@@ -22,7 +22,6 @@ from torch.utils.data import TensorDataset
 from ..model import MaskedAutoEncoder
 from .config import LinProbeConfig
 from .data import eval_transform, load_data, probe_train_transform
-from .encoder import load_encoder
 from .engine import Run
 from .features import pooled_features
 from .lars import LARS
@@ -112,9 +111,7 @@ def linear_probe(
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     cfg = run.config
     torch.manual_seed(cfg.seed)
-    encoder, source = load_encoder(given if given is not None else cfg.checkpoint, cfg.model, img_size=cfg.img_size,
-                                   patch_size=cfg.patch_size, builtin_data=cfg.data is None, seed=cfg.seed,
-                                   device=run.device)
+    encoder, source = run.load_encoder(given)
     cfg = cfg.resolve(encoder.config.embed_dim)
     img_size = encoder.config.img_size[0]
     val_tf = eval_transform(img_size, cfg.crop_pct)
