@@ -165,3 +165,14 @@ def test_pretrain_on_shards_end_to_end_reports_data_wait(tmp_path):
     assert resolved["data"]["format"] == "tar shards" and resolved["data"]["num_images"] == 12
     epochs = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
     assert len(epochs) == 2 and all(0.0 <= r["data_wait"] <= 1.0 for r in epochs)
+
+
+def test_missing_inputs_are_named_as_inputs(tmp_path, capsys):
+    """Missing shards were reported as "cannot write"; the converter called its SRC_DIR "--data"."""
+    from mae.train.cli import main as pretrain_main
+
+    assert pretrain_main(["--data", str(tmp_path / "x-{0..2}.tar"), "--output-dir", str(tmp_path / "runs")]) != 0
+    err = capsys.readouterr().err
+    assert "--data" in err and "do not exist" in err and "cannot write" not in err and "Traceback" not in err
+    assert make_shards([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "SRC_DIR" in capsys.readouterr().err

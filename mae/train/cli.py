@@ -108,10 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"mae-pretrain: stopped: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # a full disk, a read-only or vanished output folder: one line, not a traceback
-        where = f" {err.filename}" if err.filename else ""
-        print(f"mae-pretrain: error: cannot write{where}: {err.strerror or err}; {_next_step(run_dir)}",
-              file=sys.stderr)
+    except OSError as err:  # a full disk, a read-only folder, missing shards: one line, not a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"mae-pretrain: error: {where}{err.strerror or err}; {_next_step(run_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"mae-pretrain: interrupted; {_next_step(run_dir)}", file=sys.stderr)

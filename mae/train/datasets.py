@@ -92,7 +92,7 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+def scan_image_folder(root: str | os.PathLike, name: str = "--data") -> tuple[list[Path], list[Path]]:
     """Every image file under ``root``: an ImageFolder tree (``root/class/x.jpg``) or a flat folder.
 
     Class folders are irrelevant for pretraining, so the tree is walked recursively (hidden entries skipped) and the
@@ -106,13 +106,13 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     """
     root_path = Path(root)
     if not root_path.exists():
-        raise ValueError(f"--data {str(root)!r} does not exist; expected a folder of images (flat or class subfolders)")
+        raise ValueError(f"{name} {str(root)!r} does not exist; expected a folder of images (flat or class subfolders)")
     if not root_path.is_dir():
-        raise ValueError(f"--data {str(root)!r} is not a directory; expected a folder of images")
+        raise ValueError(f"{name} {str(root)!r} is not a directory; expected a folder of images")
     candidates = _image_files(root_path)
     if not candidates:
         raise ValueError(
-            f"--data {str(root)!r} holds no image file (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
+            f"{name} {str(root)!r} holds no image file (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
         )
     with ThreadPoolExecutor(max_workers=8) as pool:  # opening files is I/O bound: threads help on network storage
         ok = list(pool.map(_is_readable_image, candidates))
@@ -121,12 +121,12 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     if skipped:
         examples = ", ".join(str(p) for p in skipped[:3])
         warnings.warn(
-            f"--data {str(root)!r}: skipped {len(skipped)} unreadable image file(s) out of {len(candidates)} "
+            f"{name} {str(root)!r}: skipped {len(skipped)} unreadable image file(s) out of {len(candidates)} "
             f"(e.g. {examples})",
             stacklevel=2,
         )
     if not readable:
-        raise ValueError(f"--data {str(root)!r}: none of its {len(candidates)} image files could be read")
+        raise ValueError(f"{name} {str(root)!r}: none of its {len(candidates)} image files could be read")
     return readable, skipped
 
 

@@ -43,7 +43,7 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
         raise ValueError(f"OUT_DIR {str(out)!r} exists and is not an empty folder; choose a new folder")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        files, skipped = scan_image_folder(src)
+        files, skipped = scan_image_folder(src, name="SRC_DIR")
     for w in caught:
         print(f"mae-make-shards: {w.message}", file=sys.stderr)
     files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
