@@ -11,7 +11,10 @@ flip, batch of 32; the old pipeline also converts to float and normalises, which
   - "torchvision.io + uint8": ``torchvision.io.decode_jpeg`` whole, then our uint8 crop/resize;
   - "Pillow draft + uint8": our pipeline with Pillow decoding the JPEG (``draft``: DCT scaling), i.e. without
     simplejpeg;
-  - "simplejpeg DCT + uint8 (default)": our pipeline as ``mae-pretrain`` runs it.
+  - "simplejpeg DCT + uint8 (default)": our pipeline as ``mae-pretrain`` runs it;
+  - "floor: entropy decoding alone": not a pipeline but the bound on any of them that reads the whole file with
+    libjpeg-turbo: the Huffman decoding of every coefficient, which no DCT scale skips (decoded to grey at 1/8
+    scale, so almost nothing else runs). Its "vs old" is the most a CPU decoder of these files could gain.
 
 Test images are made here from scikit-image's photographs (no download): resized with Pillow (bicubic) to an
 ImageNet-like 500x375 / 375x500 and to 3-megapixel 2048x1536 / 1536x2048, saved as JPEG quality 90.
@@ -109,6 +112,13 @@ def our_pipeline(size: int, *, simplejpeg: bool):
     return sample, collate_samples
 
 
+def entropy_floor():
+    def sample(path: Path, index: int):
+        return decode.simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", min_width=1, min_height=1)
+
+    return sample, len
+
+
 def time_candidate(candidate, paths: list[Path], batch: int) -> float:
     """CPU seconds per image for one pass over ``paths`` in batches."""
     sample, collate = candidate
@@ -143,6 +153,7 @@ def main(argv=None) -> int:
         "torchvision.io + uint8": torchvision_io_pipeline(size),
         "Pillow draft + uint8": our_pipeline(size, simplejpeg=False),
         "simplejpeg DCT + uint8 (default)": our_pipeline(size, simplejpeg=True),
+        "floor: entropy decoding alone": entropy_floor(),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

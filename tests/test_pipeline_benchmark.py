@@ -1,4 +1,5 @@
-"""benchmarks/pipeline.py runs end to end at a tiny size (CI smoke test); it asserts what it reports, never timings."""
+"""benchmarks/pipeline.py and benchmarks/data_bound_epoch.py run end to end at a tiny size (CI smoke tests); they
+assert what the scripts report, never timings."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def test_pipeline_benchmark_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["candidate"] for r in rows] == ["PIL + torchvision (old)", "torchvision.io + uint8",
-                                              "Pillow draft + uint8", "simplejpeg DCT + uint8 (default)"]
+                                              "Pillow draft + uint8", "simplejpeg DCT + uint8 (default)",
+                                              "floor: entropy decoding alone"]
     assert rows[0]["ratio"] == 1.0 and all(r["img_per_s_per_core"] > 0 for r in rows)
     assert "| images | pipeline | img/s per core | vs old |" in proc.stdout
 
@@ -32,3 +34,22 @@ def test_pipeline_benchmark_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--rounds", "0"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2 and "--rounds must be >= 1, got 0" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs this repository's git history (the old pipeline)")
+def test_data_bound_epoch_benchmark_tiny_smoke():
+    """Both versions train (the old one from git history) and the table names them; no timing is asserted."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_bound_epoch.py"), "--images", "16",
+                           "--batch-size", "8", "--epochs", "2", "--rounds", "1"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| before (0944ca1: PIL + torchvision) |" in proc.stdout and "| after (this checkout) |" in proc.stdout
+    assert "1.00x |" in proc.stdout
+
+
+def test_data_bound_epoch_benchmark_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_bound_epoch.py"), "--epochs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "need --epochs >= 2" in proc.stderr

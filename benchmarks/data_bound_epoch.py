@@ -1,0 +1,93 @@
+"""A data-bound ``mae-pretrain --data`` epoch, before and after the uint8 input pipeline, side by side.
+
+    python benchmarks/data_bound_epoch.py           # the README numbers (about 4 minutes on 2 cores)
+
+``benchmarks/pipeline.py`` times the pipeline alone; this runs the real trainer on a folder of 3-megapixel JPEGs
+with one data-loader worker and a model small enough that the worker, not the training step, sets the pace (the
+step's process mostly waits: "data wait" in the summary). The "before" code is the commit preceding the new
+pipeline (PIL decode, torchvision RandomResizedCrop/ToTensor/Normalize in the worker), taken from this repository's
+history with ``git archive`` into a temporary folder; "after" is this checkout. Both run the same command with the
+same Python and packages, alternating, and the table gives epochs/s after the first epoch (which includes start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from pipeline import make_jpegs  # benchmarks/pipeline.py: the same test images
+
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE = "0944ca1"  # last commit before the uint8 pipeline (8d71b17)
+
+
+def extract_commit(commit: str, dest: Path) -> Path:
+    """The ``mae`` package as it was at ``commit``, unpacked under ``dest``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, "mae"],
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def run_epochs(code: Path, data: Path, out: Path, args: argparse.Namespace) -> list[dict]:
+    """Train with the ``mae`` package found in ``code``; the per-epoch rows of its metrics.jsonl."""
+    command = [sys.executable, "-m", "mae.train", "--data", str(data), "--model", "mae_vit_test",
+               "--img-size", "224", "--patch-size", str(args.patch_size), "--batch-size", str(args.batch_size),
+               "--epochs", str(args.epochs), "--warmup-epochs", "0", "--num-workers", str(args.workers),
+               "--threads", "1", "--no-figures", "--no-progress", "--output-dir", str(out.parent), "--name", out.name]
+    env = dict(os.environ, PYTHONPATH=str(code))
+    subprocess.run(command, check=True, env=env, capture_output=True, cwd=code)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row.get("kind") == "epoch"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default=BEFORE, help=f"commit of the old pipeline (default {BEFORE})")
+    parser.add_argument("--images", type=int, default=512, help="3-megapixel JPEGs in the folder (default 512)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each version (default 2)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run, >= 2 (default 3)")
+    parser.add_argument("--workers", type=int, default=1, help="data-loader workers (default 1)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--patch-size", type=int, default=32, help="patch size of the small model (default 32)")
+    args = parser.parse_args(argv)
+    if args.epochs < 2 or args.images < args.batch_size or min(args.rounds, args.workers) < 1:
+        parser.error("need --epochs >= 2, --images >= --batch-size, --rounds >= 1 and --workers >= 1")
+    results: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp, "images")
+        data.mkdir()
+        make_jpegs(data, (2048, 1536), args.images)
+        code = {"before": extract_commit(args.before, Path(tmp, "before")), "after": ROOT}
+        for r in range(args.rounds):
+            for version in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                epochs = run_epochs(code[version], data, Path(tmp, "runs", f"{version}-{r}"), args)[1:]
+                waits = [e.get("data_wait", float("nan")) for e in epochs]  # the old trainer did not measure it
+                results[version].append({"img_per_s": statistics.mean(e["img_per_s"] for e in epochs),
+                                         "data_wait": statistics.mean(waits)})
+                print(f"round {r + 1} {version}: {results[version][-1]}", flush=True)
+    base = statistics.median(run["img_per_s"] for run in results["before"])
+    print(f"\n| pipeline | epoch img/s (median of {args.rounds} runs, epochs 2-{args.epochs}) | data wait "
+          "| vs before |")
+    print("|---|---:|---:|---:|")
+    for version, runs in results.items():
+        speed = statistics.median(run["img_per_s"] for run in runs)
+        wait = statistics.median(run["data_wait"] for run in runs)
+        label = f"before ({args.before}: PIL + torchvision)" if version == "before" else "after (this checkout)"
+        print(f"| {label} | {speed:.1f} | {'n/a' if wait != wait else f'{wait:.0%}'} | {speed / base:.2f}x |")
+    print(f"({args.images} JPEGs 2048x1536 q90, mae_vit_test at 224 px / patch {args.patch_size}, batch "
+          f"{args.batch_size}, {args.workers} worker(s), 1 torch thread; `python benchmarks/data_bound_epoch.py`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
