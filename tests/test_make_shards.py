@@ -152,3 +152,12 @@ def test_cli_max_side(mixed_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(mixed_folder), str(tmp_path / "out3"), "--max-side", "big"])
     assert "--max-side" in capsys.readouterr().err
+
+
+def test_an_image_that_cannot_be_decoded_stops_the_conversion_naming_it(mixed_folder, tmp_path, capsys):
+    data = io.BytesIO()
+    Image.fromarray(photo(200, 300)).save(data, format="JPEG")
+    (mixed_folder / "broken.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])  # header fine, data cut
+    assert main([str(mixed_folder), str(tmp_path / "out"), "--max-side", str(N), "--shard-size", "100"]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []  # no shard, no temporary file, no manifest
