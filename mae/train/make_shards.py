@@ -148,7 +148,6 @@ def _write_shard(path: Path, files: Sequence[Path], first_key: int, max_side: in
 
     def write(temp: Path) -> None:
         nonlocal resized
-        resized = 0  # counted for the file that is kept
         with open(temp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, file in enumerate(files, first_key):
                 data, suffix = file.read_bytes(), file.suffix.lower()
