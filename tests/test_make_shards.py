@@ -82,7 +82,9 @@ def test_default_and_a_large_max_side_store_every_file_unchanged(mixed_folder, t
 
 
 def test_shrunk_pixels_match_a_direct_pillow_resize():
-    """PNG (decoded whole): exactly Pillow's bicubic resize saved as a q95 JPEG. JPEG: decoded at 1/2 scale (the
+    """PNG (decoded whole): Pillow's bicubic resize saved as a q95 JPEG, up to torch's uint8 rounding of the same
+    filter (measured 0.15 grey levels after both re-encodes; 2.48 between either and the unencoded resize, so the
+    bound 0.5 tells the filter apart from the re-encode). JPEG: decoded at 1/2 scale (the
     DCT-scaling rule keeps 2x the target, 144 x 96 here), then resized: mean |diff| from a direct resize of the full
     decode measured 2.77 grey levels on this photo, of which 2.49 is the q95 re-encode alone (decoding at 1/4 gives
     2.87, at 1/8 6.9; nearest-neighbour resizing 6.4, a resize one pixel too wide 6.7). Bound: 3.2."""
@@ -95,8 +97,8 @@ def test_shrunk_pixels_match_a_direct_pillow_resize():
     direct = Image.fromarray(cat).resize((72, 48), Image.BICUBIC)  # 451 * 48 / 300 = 72.2 -> 72
     expected = io.BytesIO()
     direct.save(expected, format="JPEG", quality=95)
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shrink_image(png.getvalue(), "cat.png", 48)))),
-                          np.asarray(Image.open(expected)))
+    shrunk = np.asarray(Image.open(io.BytesIO(shrink_image(png.getvalue(), "cat.png", 48)))).astype(np.float64)
+    assert np.abs(shrunk - np.asarray(Image.open(expected))).mean() < 0.5
 
     full = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())).convert("RGB"))
     direct = np.asarray(Image.fromarray(full).resize((72, 48), Image.BICUBIC)).astype(np.float64)

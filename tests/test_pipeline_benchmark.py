@@ -24,9 +24,10 @@ def test_pipeline_benchmark_tiny_smoke(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["candidate"] for r in rows] == ["PIL + torchvision (old)", "torchvision.io + uint8",
                                               "Pillow draft + uint8", "simplejpeg DCT + uint8 (default)",
-                                              "floor: entropy decoding alone"]
+                                              "default, on --max-side copies", "floor: entropy decoding alone"]
     assert rows[0]["ratio"] == 1.0 and all(r["img_per_s_per_core"] > 0 for r in rows)
     assert "| images | pipeline | img/s per core | vs old |" in proc.stdout
+    assert "one-time conversion" in proc.stdout and "(--max-side 64)" in proc.stdout
 
 
 def test_pipeline_benchmark_rejects_bad_arguments():

@@ -103,18 +103,22 @@ def sample_flip(generator: torch.Generator) -> bool:
     return bool(torch.rand(1, generator=generator).item() < 0.5)
 
 
-def crop_resize(pixels: np.ndarray, box: CropBox, size: int, flip: bool = False) -> Tensor:
-    """Crop ``box`` out of RGB uint8 pixels (H, W, 3), resize it to (size, size) with antialiased bicubic, flip.
+def crop_resize(pixels: np.ndarray, box: CropBox, size: int | tuple[int, int], flip: bool = False) -> Tensor:
+    """Crop ``box`` out of RGB uint8 pixels (H, W, 3), resize it to ``size`` with antialiased bicubic, flip.
+
+    Args:
+        size: the output side (a square), or ``(height, width)``.
 
     Returns:
-        uint8 tensor (3, size, size) in channels-last memory (its pixels are (R, G, B) triples, like the file's):
+        uint8 tensor (3, height, width) in channels-last memory (its pixels are (R, G, B) triples, like the file's):
         making it contiguous would cost a transposition here, while ``collate_samples`` stacks such tensors as they
         are and ``normalize_on_device`` lays the batch out on the device.
     """
+    out_size = (size, size) if isinstance(size, int) else tuple(size)
     crop = torch.from_numpy(pixels[box.top:box.top + box.height, box.left:box.left + box.width])  # (h, w, 3) view
     # channels-last is the layout of torch's vectorised uint8 resampling kernels
     x = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, 3, h, w)
-    out = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]  # (3, s, s)
+    out = F.interpolate(x, size=out_size, mode="bicubic", antialias=True, align_corners=False)[0]  # (3, h, w)
     return out.flip(-1) if flip else out
 
 

@@ -12,10 +12,11 @@ SHA-256) is written last, so a folder with a manifest is complete. OUT_DIR must 
 ``--max-side N`` down-scales large photos once, instead of decoding their megapixels again every epoch (on big
 photos, reading the whole JPEG bounds the training pipeline whatever its DCT scaling). An image whose shorter side
 exceeds N is decoded to RGB as training decodes it (``decode_rgb``: 16-bit, float and grey converted, alpha dropped),
-resized with Pillow's antialiased bicubic so that its shorter side is exactly N (aspect ratio kept, longer side
-rounded), and stored as an RGB JPEG of quality 95 (Pillow's default chroma subsampling) named ``00000042.jpg``; images
-at or below N are stored unchanged. A JPEG is decoded at 1/2, 1/4 or 1/8 scale only while it stays at least
-``augment.REDUCING_GAP`` (2) times the target size, which keeps the conversion fast without softening it.
+resized with the antialiased bicubic that crops training images (``augment.crop_resize``, Pillow's filter) so that
+its shorter side is exactly N (aspect ratio kept, longer side rounded), and stored as an RGB JPEG of quality 95
+(Pillow's default chroma subsampling) named ``00000042.jpg``; images at or below N are stored unchanged. A JPEG is
+decoded at 1/2, 1/4 or 1/8 scale only while it stays at least ``augment.REDUCING_GAP`` (2) times the target size,
+which keeps the conversion fast without softening it.
 
 The cost is one lossy re-encode at q95 (on scikit-image photos shrunk to 48-200 px: 1.4-4.4 grey levels of mean
 absolute difference from a direct Pillow resize, nearly all of it the re-encode; EXIF and ICC data are not kept, and
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_write, write_json
-from .augment import REDUCING_GAP
+from .augment import REDUCING_GAP, CropBox, crop_resize
 from .datasets import scan_image_folder
 from .decode import decode_rgb, read_header
 from .shards import MANIFEST_FILE, MANIFEST_FORMAT, index_shard
@@ -71,9 +72,9 @@ def shrink_image(data: bytes, name: str, max_side: int) -> bytes | None:
     """The image re-encoded with its shorter side ``max_side`` px, or None when that side is already ``<= max_side``.
 
     The result is an RGB JPEG (quality ``JPEG_QUALITY``, Pillow's default chroma subsampling) of the pixels training
-    would decode (``decode_rgb``), resized with Pillow's antialiased bicubic; the aspect ratio is kept, the longer side
-    rounded. A JPEG is decoded at 1/2, 1/4 or 1/8 scale only while it stays ``REDUCING_GAP`` times the target size on
-    both sides, so the bicubic filter, not the DCT, shapes the result.
+    would decode (``decode_rgb``), resized with training's antialiased bicubic (``crop_resize``, Pillow's filter);
+    the aspect ratio is kept, the longer side rounded. A JPEG is decoded at 1/2, 1/4 or 1/8 scale only while it
+    stays ``REDUCING_GAP`` times the target size on both sides, so the bicubic filter, not the DCT, shapes the result.
 
     Args:
         data: the file's bytes.
@@ -97,7 +98,9 @@ def shrink_image(data: bytes, name: str, max_side: int) -> bytes | None:
         size = (round(width * max_side / height), max_side)
     min_size = (math.ceil(size[0] * REDUCING_GAP), math.ceil(size[1] * REDUCING_GAP))
     pixels = decode_rgb(data, name, min_size=min_size)  # (h, w, 3) uint8, h >= 2 * size[1] or the full image
-    small = Image.fromarray(pixels).resize(size, Image.BICUBIC)
+    whole = CropBox(0, 0, pixels.shape[0], pixels.shape[1])
+    resized = crop_resize(pixels, whole, (size[1], size[0]))  # (3, H, W) channels-last: (H, W, 3) in memory
+    small = Image.fromarray(resized.permute(1, 2, 0).numpy())
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
