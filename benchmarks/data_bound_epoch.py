@@ -7,7 +7,9 @@ with one data-loader worker and a model small enough that the worker, not the tr
 step's process mostly waits: "data wait" in the summary). The "before" code is the commit preceding the new
 pipeline (PIL decode, torchvision RandomResizedCrop/ToTensor/Normalize in the worker), taken from this repository's
 history with ``git archive`` into a temporary folder; "after" is this checkout. Both run the same command with the
-same Python and packages, alternating, and the table gives epochs/s after the first epoch (which includes start-up).
+same Python and packages, alternating, and the table gives images/s of the epochs after the first (which includes
+start-up). A third run trains this checkout on shards that ``mae-make-shards --max-side 896`` made of the same folder
+once (the conversion is timed separately and printed).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from pipeline import make_jpegs  # benchmarks/pipeline.py: the same test images
 
+from mae.train.make_shards import make_shards
+
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "0944ca1"  # last commit before the uint8 pipeline (8d71b17)
+MAX_SIDE = 896  # mae-make-shards --max-side for 224-px training: 4x the crop
 
 
 def extract_commit(commit: str, dest: Path) -> Path:
@@ -62,15 +68,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 2 or args.images < args.batch_size or min(args.rounds, args.workers) < 1:
         parser.error("need --epochs >= 2, --images >= --batch-size, --rounds >= 1 and --workers >= 1")
-    results: dict[str, list[dict]] = {"before": [], "after": []}
+    results: dict[str, list[dict]] = {"before": [], "after": [], "shrunk": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp, "images")
         data.mkdir()
         make_jpegs(data, (2048, 1536), args.images)
-        code = {"before": extract_commit(args.before, Path(tmp, "before")), "after": ROOT}
+        start = time.perf_counter()
+        make_shards(data, Path(tmp, "shards"), shard_size=128, max_side=MAX_SIDE)
+        convert_s = time.perf_counter() - start
+        code = {"before": extract_commit(args.before, Path(tmp, "before")), "after": ROOT, "shrunk": ROOT}
+        source = {"before": data, "after": data, "shrunk": Path(tmp, "shards")}
         for r in range(args.rounds):
-            for version in ("before", "after") if r % 2 == 0 else ("after", "before"):
-                epochs = run_epochs(code[version], data, Path(tmp, "runs", f"{version}-{r}"), args)[1:]
+            for version in list(results) if r % 2 == 0 else list(results)[::-1]:
+                epochs = run_epochs(code[version], source[version], Path(tmp, "runs", f"{version}-{r}"), args)[1:]
                 waits = [e.get("data_wait", float("nan")) for e in epochs]  # the old trainer did not measure it
                 results[version].append({"img_per_s": statistics.mean(e["img_per_s"] for e in epochs),
                                          "data_wait": statistics.mean(waits)})
@@ -82,10 +92,13 @@ def main(argv=None) -> int:
     for version, runs in results.items():
         speed = statistics.median(run["img_per_s"] for run in runs)
         wait = statistics.median(run["data_wait"] for run in runs)
-        label = f"before ({args.before}: PIL + torchvision)" if version == "before" else "after (this checkout)"
+        label = {"before": f"before ({args.before}: PIL + torchvision)", "after": "after (this checkout)",
+                 "shrunk": f"after, on mae-make-shards --max-side {MAX_SIDE} shards"}[version]
         print(f"| {label} | {speed:.1f} | {'n/a' if wait != wait else f'{wait:.0%}'} | {speed / base:.2f}x |")
     print(f"({args.images} JPEGs 2048x1536 q90, mae_vit_test at 224 px / patch {args.patch_size}, batch "
           f"{args.batch_size}, {args.workers} worker(s), 1 torch thread; `python benchmarks/data_bound_epoch.py`)")
+    print(f"one-time conversion to --max-side {MAX_SIDE} shards: {convert_s:.1f} s wall for {args.images} images "
+          f"({convert_s / args.images * 1000:.1f} ms per image, one process)")
     return 0
 
 

@@ -47,7 +47,7 @@ def test_data_bound_epoch_benchmark_tiny_smoke():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| before (0944ca1: PIL + torchvision) |" in proc.stdout and "| after (this checkout) |" in proc.stdout
-    assert "1.00x |" in proc.stdout
+    assert "| after, on mae-make-shards --max-side 896 shards |" in proc.stdout and "1.00x |" in proc.stdout
 
 
 def test_data_bound_epoch_benchmark_rejects_bad_arguments():
