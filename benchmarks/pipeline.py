@@ -54,7 +54,7 @@ from mae.train.augment import (
     sample_flip,
     sample_generator,
 )
-from mae.train.make_shards import shrink_image
+from mae.train.make_shards import check_max_side, shrink_image
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "motorcycle")
 SETS = {"ImageNet-sized (500x375)": (500, 375), "3 megapixels (2048x1536)": (2048, 1536)}
@@ -142,7 +142,7 @@ def entropy_floor():
     def sample(path: Path, index: int):
         return decode.simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", min_width=1, min_height=1)
 
-    return sample, len
+    return sample, len  # nothing to batch: the decoded grey pixels are thrown away
 
 
 def time_candidate(candidate, paths: list[Path], batch: int) -> float:
@@ -168,8 +168,10 @@ def main(argv=None) -> int:
     for name in ("images", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_side is not None and args.max_side < 32:
-        parser.error(f"--max-side must be >= 32, got {args.max_side}")
+    try:
+        check_max_side(args.max_side)
+    except ValueError as err:
+        parser.error(str(err))
     if args.reducing_gap < 1:
         parser.error(f"--reducing-gap must be >= 1, got {args.reducing_gap}")
     augment.REDUCING_GAP = args.reducing_gap

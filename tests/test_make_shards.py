@@ -40,7 +40,8 @@ def members(out_dir):
 
 @pytest.fixture
 def mixed_folder(tmp_path):
-    """Two large images per orientation and format (one 16-bit grey, one with alpha), one small, one exactly N."""
+    """Three large images (a landscape JPEG, a portrait PNG with alpha, a 16-bit grey PNG), one small JPEG and one
+    PNG whose shorter side is exactly N."""
     src = tmp_path / "src"
     src.mkdir()
     Image.fromarray(photo(60, 90)).save(src / "landscape.jpg", quality=90)              # -> 60 x 40
@@ -116,11 +117,14 @@ def test_jpeg_decode_keeps_twice_the_target_size(monkeypatch):
         return decode(data, name, min_size=min_size)
 
     monkeypatch.setattr(make_shards_module, "decode_rgb", spy)
-    data = io.BytesIO()
-    Image.fromarray(photo(300, 451)).save(data, format="JPEG")
-    with Image.open(io.BytesIO(shrink_image(data.getvalue(), "x.jpg", 48))) as im:
+    landscape, portrait = io.BytesIO(), io.BytesIO()
+    Image.fromarray(photo(300, 451)).save(landscape, format="JPEG")
+    Image.fromarray(photo(300, 180)).save(portrait, format="JPEG")  # decoded at 1/2: 90 x 150 >= 2 x (40 x 67)
+    with Image.open(io.BytesIO(shrink_image(landscape.getvalue(), "x.jpg", 48))) as im:
         assert im.size == (72, 48)
-    assert asked == [(144, 96)]
+    with Image.open(io.BytesIO(shrink_image(portrait.getvalue(), "y.jpg", 40))) as im:
+        assert im.size == (40, 67)  # 300 * 40 / 180 = 66.7 -> 67
+    assert asked == [(144, 96), (80, 134)]
 
 
 def test_shrunk_shards_train_end_to_end(mixed_folder, tmp_path):
@@ -156,10 +160,43 @@ def test_cli_max_side(mixed_folder, tmp_path, capsys):
     assert "--max-side" in capsys.readouterr().err
 
 
-def test_an_image_that_cannot_be_decoded_stops_the_conversion_naming_it(mixed_folder, tmp_path, capsys):
+def broken_jpeg(height=200, width=300):
+    """A JPEG whose header reads (the folder scan accepts it) but whose data is cut in half."""
     data = io.BytesIO()
-    Image.fromarray(photo(200, 300)).save(data, format="JPEG")
-    (mixed_folder / "broken.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])  # header fine, data cut
-    assert main([str(mixed_folder), str(tmp_path / "out"), "--max-side", str(N), "--shard-size", "100"]) == 2
-    assert "broken.jpg" in capsys.readouterr().err
-    assert list((tmp_path / "out").iterdir()) == []  # no shard, no temporary file, no manifest
+    Image.fromarray(photo(height, width)).save(data, format="JPEG")
+    return data.getvalue()[: len(data.getvalue()) // 2]
+
+
+def test_an_image_that_cannot_be_decoded_is_skipped_and_named(mixed_folder, tmp_path, capsys):
+    """One bad file does not cost the shards already written: it is skipped, named and counted, as at scan time."""
+    (mixed_folder / "broken.jpg").write_bytes(broken_jpeg())
+    assert main([str(mixed_folder), str(tmp_path / "out"), "--max-side", str(N), "--shard-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 image file(s) that could not be decoded" in err and "broken.jpg" in err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["num_samples"] == 5 and manifest["num_skipped"] == 1 and manifest["num_resized"] == 3
+    assert sum(entry["count"] for entry in manifest["shards"]) == 5 == len(members(tmp_path / "out"))
+    assert len(resolve_shards(str(tmp_path / "out"))[0]) == 3  # the reader takes all three shards
+
+
+def test_a_shard_left_without_images_is_not_written(tmp_path):
+    """Shard 0 would hold only undecodable images: no empty tar, and the shards that exist are numbered 0, 1, ..."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        (src / f"broken{i}.jpg").write_bytes(broken_jpeg())
+    Image.fromarray(photo(30, 44)).save(src / "small.jpg", quality=90)
+    manifest = make_shards(src, tmp_path / "out", shard_size=1, seed=0, max_side=N)
+    assert manifest["num_samples"] == 1 and manifest["num_skipped"] == 2
+    assert [entry["name"] for entry in manifest["shards"]] == ["shard-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "shard-000000.tar"]
+
+
+def test_an_unfinished_conversion_is_named_when_refused(mixed_folder, tmp_path, capsys):
+    """A conversion that stopped part way (no manifest) is not overwritten, and the refusal says what it is."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard-000000.tar").write_bytes(b"")
+    assert main([str(mixed_folder), str(out)]) == 2
+    assert "did not finish: no manifest.json" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["shard-000000.tar"]

@@ -19,11 +19,17 @@ decoded at 1/2, 1/4 or 1/8 scale only while it stays at least ``augment.REDUCING
 which keeps the conversion fast without softening it.
 
 The cost is one lossy re-encode at q95 (on scikit-image photos shrunk to 48-200 px: 1.4-4.4 grey levels of mean
-absolute difference from a direct Pillow resize, nearly all of it the re-encode; EXIF and ICC data are not kept, and
-training ignores them). Use it for photos much larger than 4x the training crop: with ``--max-side 896`` for 224-px
-training, even the smallest RandomResizedCrop (20% of the area, aspect 3/4) keeps at least 347 px per side, so no crop
-is upsampled. An image that cannot be decoded stops the conversion, naming the file. N below 32 is refused: the
-smallest crop a model here trains on is 32 px (``mae_vit_test``), and a smaller N would upsample every crop.
+absolute difference from a direct Pillow resize, nearly all of it the re-encode). EXIF and ICC data are not kept and
+EXIF orientation is not applied, as in training: the copies hold the pixels as stored, which a viewer that honoured
+the original's orientation tag shows turned. Use it for photos much larger than 4x the training crop: with
+``--max-side 896`` for 224-px training, even the smallest RandomResizedCrop (20% of the area, aspect 3/4) keeps at
+least 347 px per side, so no crop is upsampled. N below 32 is refused: the smallest crop a model here trains on is
+32 px (``mae_vit_test``), and a smaller N would upsample every crop. A large image that cannot be decoded (a readable
+header over broken data) is skipped, named in a warning and counted in ``num_skipped``, like the files the folder
+scan cannot open: one bad file does not cost the shards already written.
+
+If a conversion stops part way (an interrupt, a full disk), OUT_DIR holds complete shards but no ``manifest.json``;
+``mae-pretrain`` does not take such a folder as a manifest folder, and the converter asks for a new OUT_DIR.
 """
 
 from __future__ import annotations
@@ -43,12 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_write, write_json
-from .augment import REDUCING_GAP, CropBox, crop_resize
+from . import augment
 from .datasets import scan_image_folder
-from .decode import decode_rgb, read_header
+from .decode import UnreadableImageError, decode_rgb, read_header
 from .shards import MANIFEST_FILE, MANIFEST_FORMAT, index_shard
 
-__all__ = ["JPEG_QUALITY", "MIN_MAX_SIDE", "check_max_side", "main", "make_shards", "shrink_image"]
+__all__ = ["JPEG_QUALITY", "MIN_MAX_SIDE", "build_parser", "check_max_side", "main", "make_shards", "shrink_image"]
 
 MIN_MAX_SIDE = 32  # the smallest crop a model here trains on (mae_vit_test): a lower --max-side upsamples every crop
 JPEG_QUALITY = 95  # of the re-encoded images: high enough that the re-encode is small next to the resampling
@@ -71,10 +77,8 @@ def check_max_side(max_side: object) -> int | None:
 def shrink_image(data: bytes, name: str, max_side: int) -> bytes | None:
     """The image re-encoded with its shorter side ``max_side`` px, or None when that side is already ``<= max_side``.
 
-    The result is an RGB JPEG (quality ``JPEG_QUALITY``, Pillow's default chroma subsampling) of the pixels training
-    would decode (``decode_rgb``), resized with training's antialiased bicubic (``crop_resize``, Pillow's filter);
-    the aspect ratio is kept, the longer side rounded. A JPEG is decoded at 1/2, 1/4 or 1/8 scale only while it
-    stays ``REDUCING_GAP`` times the target size on both sides, so the bicubic filter, not the DCT, shapes the result.
+    What is decoded, how it is resized and stored: the module docstring (``--max-side``). The aspect ratio is kept,
+    the longer side rounded.
 
     Args:
         data: the file's bytes.
@@ -96,10 +100,11 @@ def shrink_image(data: bytes, name: str, max_side: int) -> bytes | None:
         size = (max_side, round(height * max_side / width))  # (width, height)
     else:
         size = (round(width * max_side / height), max_side)
-    min_size = (math.ceil(size[0] * REDUCING_GAP), math.ceil(size[1] * REDUCING_GAP))
-    pixels = decode_rgb(data, name, min_size=min_size)  # (h, w, 3) uint8, h >= 2 * size[1] or the full image
-    whole = CropBox(0, 0, pixels.shape[0], pixels.shape[1])
-    resized = crop_resize(pixels, whole, (size[1], size[0]))  # (3, H, W) channels-last: (H, W, 3) in memory
+    gap = augment.REDUCING_GAP  # read at call time: the one DCT-scaling rule of training and conversion
+    min_size = (math.ceil(size[0] * gap), math.ceil(size[1] * gap))
+    pixels = decode_rgb(data, name, min_size=min_size)  # (h, w, 3) uint8, h >= gap * size[1] or the full image
+    whole = augment.CropBox(0, 0, pixels.shape[0], pixels.shape[1])
+    resized = augment.crop_resize(pixels, whole, (size[1], size[0]))  # (3, H, W) channels-last: (H, W, 3) in memory
     small = Image.fromarray(resized.permute(1, 2, 0).numpy())
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=JPEG_QUALITY)
@@ -115,15 +120,17 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
             default) stores every file unchanged. The manifest records it and ``num_resized``.
 
     Raises:
-        ValueError: bad ``shard_size`` or ``max_side``, ``out`` not empty, ``src`` without readable images, or (with
-            ``max_side``) an image that cannot be decoded.
+        ValueError: bad ``shard_size`` or ``max_side``, ``out`` not empty, or ``src`` without readable images.
     """
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"--shard-size must be a positive number of images per shard, got {shard_size!r}")
     max_side = check_max_side(max_side)
     out_dir = Path(out)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"OUT_DIR {str(out)!r} exists and is not an empty folder; choose a new folder")
+        unfinished = out_dir.is_dir() and not (out_dir / MANIFEST_FILE).exists() and any(out_dir.glob("shard-*.tar"))
+        hint = (" (it holds shards of a conversion that did not finish: no manifest.json; remove the folder to start "
+                "again)") if unfinished else ""
+        raise ValueError(f"OUT_DIR {str(out)!r} exists and is not an empty folder{hint}; choose a new folder")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files, skipped = scan_image_folder(src, name="SRC_DIR")
@@ -131,62 +138,86 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
         print(f"mae-make-shards: {w.message}", file=sys.stderr)
     files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries, num_resized = [], 0
-    for number, first in enumerate(range(0, len(files), shard_size)):
-        name = f"shard-{number:06d}.tar"
-        entry, resized = _write_shard(out_dir / name, files[first:first + shard_size], first, max_side)
-        entries.append(entry)
+    entries, num_resized, undecodable = [], 0, []
+    for first in range(0, len(files), shard_size):
+        name = f"shard-{len(entries):06d}.tar"
+        entry, resized, bad = _write_shard(out_dir / name, files[first:first + shard_size], first, max_side)
+        entries += [entry] if entry is not None else []  # None: every image of this shard was undecodable
         num_resized += resized
+        undecodable += bad
+    if undecodable:
+        print(f"mae-make-shards: skipped {len(undecodable)} image file(s) that could not be decoded for --max-side "
+              f"(e.g. {', '.join(undecodable[:3])})", file=sys.stderr)
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": str(src), "seed": seed,
-                "num_samples": len(files), "num_skipped": len(skipped), "max_side": max_side,
-                "num_resized": num_resized, "shards": entries}
+                "num_samples": len(files) - len(undecodable), "num_skipped": len(skipped) + len(undecodable),
+                "max_side": max_side, "num_resized": num_resized, "shards": entries}
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
 
 
-def _write_shard(path: Path, files: Sequence[Path], first_key: int, max_side: int | None) -> tuple[dict, int]:
-    """Write one shard; returns its manifest entry and how many of its images were re-encoded smaller."""
+class _EmptyShard(Exception):
+    """Every image of a shard was skipped: its temporary file is removed and no shard is written."""
+
+
+def _write_shard(path: Path, files: Sequence[Path], first_key: int,
+                 max_side: int | None) -> tuple[dict | None, int, list[str]]:
+    """Write one shard. Returns its manifest entry (None if no image was left), how many of its images were
+    re-encoded smaller, and the names of those skipped because they could not be decoded."""
     entry: dict = {"name": path.name}
-    resized = 0
+    resized, undecodable = 0, []
 
     def write(temp: Path) -> None:
         nonlocal resized
         with open(temp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, file in enumerate(files, first_key):
                 data, suffix = file.read_bytes(), file.suffix.lower()
-                small = None if max_side is None else shrink_image(data, repr(str(file)), max_side)
+                try:
+                    small = None if max_side is None else shrink_image(data, repr(str(file)), max_side)
+                except UnreadableImageError:
+                    undecodable.append(str(file))
+                    continue
                 if small is not None:
                     data, suffix = small, ".jpg"
                     resized += 1
-                info = tarfile.TarInfo(f"{key:08d}{suffix}")
+                info = tarfile.TarInfo(f"{key:08d}{suffix}")  # keys keep their place: a skipped file leaves a gap
                 info.size, info.mtime, info.mode = len(data), 0, 0o644  # no owner or time: same input, same bytes
                 tar.addfile(info, io.BytesIO(data))
+        expected = len(files) - len(undecodable)
+        if expected == 0:
+            raise _EmptyShard
         count = len(index_shard(temp).offsets)  # read back: every image is where the reader will look for it
-        if count != len(files):
-            raise ValueError(f"shard {str(path)!r}: wrote {len(files)} images but reads back {count}")
+        if count != expected:
+            raise ValueError(f"shard {str(path)!r}: wrote {expected} images but reads back {count}")
         digest = hashlib.sha256()
         with open(temp, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         entry.update(count=count, size=temp.stat().st_size, sha256=digest.hexdigest())
 
-    atomic_write(path, write)  # a temporary name in the same folder, fsync'ed, renamed; removed on any error
-    return entry, resized
+    try:
+        atomic_write(path, write)  # a temporary name in the same folder, fsync'ed, renamed; removed on any error
+    except _EmptyShard:
+        return None, resized, undecodable
+    return entry, resized, undecodable
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mae-make-shards``. Returns the process exit code."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``mae-make-shards``."""
     parser = argparse.ArgumentParser(prog="mae-make-shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("src_dir", metavar="SRC_DIR", help="folder of images (flat or one subfolder per class)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="new or empty folder for the shards and manifest.json")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards (default 0)")
     parser.add_argument("--max-side", type=int, default=None, metavar="N",
-                        help="re-encode images whose shorter side exceeds N px to shorter side N (Pillow bicubic, RGB "
-                             f"JPEG q{JPEG_QUALITY}: one lossy re-encode), so training no longer decodes megapixels "
-                             "every epoch; for photos much larger than 4x the crop, e.g. 896 for 224-px training "
-                             f"(at least {MIN_MAX_SIDE}). Default: store every file unchanged")
-    args = parser.parse_args(argv)
+                        help="shrink images whose shorter side exceeds N px to shorter side N, once (an RGB JPEG "
+                             f"q{JPEG_QUALITY}), so training no longer decodes megapixels every epoch; about 4x the "
+                             "crop, e.g. 896 for 224-px training. Default: store every file unchanged")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mae-make-shards``. Returns the process exit code."""
+    args = build_parser().parse_args(argv)
     try:
         manifest = make_shards(args.src_dir, args.out_dir, shard_size=args.shard_size, seed=args.seed,
                                max_side=args.max_side)
