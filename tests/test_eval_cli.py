@@ -100,3 +100,29 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert img.size == (32, 32) and img.mode == "RGB" and label == yv[0] and data.num_classes == 10
     with pytest.raises(ValueError, match="split must be"):
         digits_split("test")
+
+
+def test_stops_are_one_line_and_say_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """A full disk or Ctrl-C during a protocol: one line (no traceback), exit 1 / 130, and --resume offered only
+    where the run saved something to resume from (the CLI shares mae-pretrain's ending: mae._cli.run_command)."""
+    from mae.eval import cli
+
+    def stop_with(error):
+        def run(config, resume=None):
+            (tmp_path / "d").mkdir(exist_ok=True)
+            raise error
+        monkeypatch.setitem(cli._PROTOCOLS, "knn", (cli._PROTOCOLS["knn"][0], run, "knn"))
+
+    argv = ["--model", "mae_vit_test", "--output-dir", str(tmp_path), "--name", "d"]
+    stop_with(OSError(28, "No space left on device", str(tmp_path / "d" / "features.pt")))
+    assert knn_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+    assert "nothing was saved to resume from" in err and "--resume" not in err
+    (tmp_path / "d" / "features.pt").write_bytes(b"")  # as if the features had been saved
+    stop_with(KeyboardInterrupt())
+    assert knn_main(argv) == 130
+    assert capsys.readouterr().err == f"mae-knn: interrupted; continue with --resume {tmp_path / 'd'}\n"
+    stop_with(FloatingPointError("non-finite loss nan at step 3"))
+    assert knn_main(argv) == 1
+    assert capsys.readouterr().err == "mae-knn: stopped: non-finite loss nan at step 3\n"

@@ -200,3 +200,22 @@ def test_an_unfinished_conversion_is_named_when_refused(mixed_folder, tmp_path, 
     assert main([str(mixed_folder), str(out)]) == 2
     assert "did not finish: no manifest.json" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["shard-000000.tar"]
+
+
+def test_a_full_disk_is_one_line_and_says_what_is_left(mixed_folder, tmp_path, monkeypatch, capsys):
+    """The converter ends like the other commands (mae._cli.run_command): no traceback, and what OUT_DIR holds."""
+    written = []
+
+    def full_after_one(path, *args):
+        if written:
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path)
+        path.write_bytes(b"")  # a finished shard
+        return {"name": path.name}, 0, []
+
+    monkeypatch.setattr(make_shards_module, "_write_shard", full_after_one)
+    assert main([str(mixed_folder), str(tmp_path / "out"), "--shard-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+    assert "holds the shards finished so far but no manifest.json" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-000000.tar"]

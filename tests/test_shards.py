@@ -27,6 +27,12 @@ def solid_images(folder, n):
     return folder
 
 
+def add_numbered(tar: tarfile.TarFile, files) -> None:
+    """Add the images as members 0000.png, 0001.png, ...: sample i of the shard is file i."""
+    for i, path in enumerate(files):
+        tar.add(path, arcname=f"{i:04d}.png")
+
+
 def identity(img: torch.Tensor) -> int:
     return int(img[0, 0, 0])  # the red channel = the image number
 
@@ -100,8 +106,7 @@ def test_a_sample_is_the_same_from_a_folder_or_from_shards(tmp_path):
     src = solid_images(tmp_path / "src", 5)
     files = sorted(src.iterdir())
     with tarfile.open(tmp_path / "one.tar", "w") as tar:
-        for i, path in enumerate(files):
-            tar.add(path, arcname=f"{i:04d}.png")
+        add_numbered(tar, files)
     data = ShardSamples([tmp_path / "one.tar"], img_size=8, noise=NoiseSpec(4), seed=3)
     folder = PretrainSamples(ImageFiles(files), img_size=8, noise=NoiseSpec(4), seed=3)
     for i in range(5):
@@ -113,8 +118,7 @@ def test_bad_shards_are_named(tmp_path):
     src = solid_images(tmp_path / "src", 4)
     files = sorted(src.iterdir())
     with tarfile.open(tmp_path / "good.tar", "w") as tar:
-        for i, path in enumerate(files):
-            tar.add(path, arcname=f"{i:04d}.png")
+        add_numbered(tar, files)
         info = tarfile.TarInfo("0009.txt")  # a sample without an image: skipped and counted
         info.size = 2
         tar.addfile(info, fileobj=io.BytesIO(b"hi"))
@@ -171,7 +175,7 @@ def test_missing_inputs_are_named_as_inputs(tmp_path, capsys):
     """Missing shards were reported as "cannot write"; the converter called its SRC_DIR "--data"."""
     from mae.train.cli import main as pretrain_main
 
-    assert pretrain_main(["--data", str(tmp_path / "x-{0..2}.tar"), "--output-dir", str(tmp_path / "runs")]) != 0
+    assert pretrain_main(["--data", str(tmp_path / "x-{0..2}.tar"), "--output-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "--data" in err and "do not exist" in err and "cannot write" not in err and "Traceback" not in err
     assert make_shards([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2

@@ -12,11 +12,13 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .._cli import run_command
 from ..config import list_models
 from .config import RESUMABLE_FIELDS, EvalConfig, FinetuneConfig, KNNConfig, LinProbeConfig
-from .engine import load_resume
+from .engine import CHECKPOINT_FILE, FEATURES_FILE, load_resume
 from .finetune import finetune
 from .knn import knn
 from .linprobe import linear_probe
@@ -102,23 +104,26 @@ def main(protocol: str, argv: Sequence[str] | None = None) -> int:
     config_cls, run, _ = _PROTOCOLS[protocol]
     args = vars(build_parser(protocol).parse_args(argv))
     resume = args.pop("resume", None)
-    try:
+    run_dir: Path | None = Path(resume).expanduser() if resume is not None else None
+
+    def body() -> None:
+        nonlocal run_dir
         if resume is not None:
             saved = config_cls.from_dict(load_resume(resume)["config"])
             config = saved.replace(**args)  # the run's checks say which of the typed flags may change
         else:
             config = config_cls(**args)
+            run_dir = Path(config.output_dir).expanduser() / config.run_name
         run(config, resume=resume)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        print(f"mae-{protocol}: error: {err}", file=sys.stderr)
-        return 2
-    except FloatingPointError as err:
-        print(f"mae-{protocol}: stopped: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"mae-{protocol}: interrupted; continue with --resume RUN_FOLDER", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(f"mae-{protocol}", body, lambda: _next_step(run_dir))
+
+
+def _next_step(run_dir: Path | None) -> str:
+    """How to go on after a stop: resume only where the run saved what a resumed run needs."""
+    if run_dir is not None and ((run_dir / CHECKPOINT_FILE).is_file() or (run_dir / FEATURES_FILE).is_file()):
+        return f"continue with --resume {run_dir}"
+    return "nothing was saved to resume from: start again"
 
 
 def knn_main(argv: Sequence[str] | None = None) -> int:

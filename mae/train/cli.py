@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._cli import run_command
 from .checkpoint import read_train_checkpoint, saved_run_config
 from .config import RESUMABLE_FIELDS, TrainConfig, source_defaults
-from .engine import NonFiniteLossError, pretrain
+from .engine import pretrain
 from .extra import MissingTrainExtraError, require_train_extra
 from .resume import run_dir_of
 
@@ -92,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "model_overrides" in args:
         args["model_overrides"] = dict(args["model_overrides"])
     run_dir = None
-    try:
+
+    def body() -> None:
+        nonlocal run_dir
         if resume is not None:
             ckpt = read_train_checkpoint(resume)
             config = TrainConfig.from_dict(saved_run_config(ckpt)).replace(
@@ -102,20 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ckpt, config = None, TrainConfig(**args)
         run_dir = run_dir_of(config, ckpt)
         pretrain(config, resume=ckpt, discard_newer=discard_newer)
-    except (ValueError, TypeError) as err:
-        print(f"mae-pretrain: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"mae-pretrain: stopped: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # a full disk, a read-only folder, missing shards: one line, not a traceback
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"mae-pretrain: error: {where}{err.strerror or err}; {_next_step(run_dir)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"mae-pretrain: interrupted; {_next_step(run_dir)}", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command("mae-pretrain", body, lambda: _next_step(run_dir))
 
 
 def _next_step(run_dir: Path | None) -> str:

@@ -46,7 +46,7 @@ __all__ = ["NonFiniteLossError", "TrainResult", "pretrain", "train_one_epoch"]
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FloatingPointError):
     """The loss (or, after a step, the weights) became NaN or infinite; the run stopped without saving them."""
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cli import run_command
 from ..io.atomic import atomic_write, write_json
 from . import augment
 from .datasets import scan_image_folder
@@ -218,17 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mae-make-shards``. Returns the process exit code."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         manifest = make_shards(args.src_dir, args.out_dir, shard_size=args.shard_size, seed=args.seed,
                                max_side=args.max_side)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mae-make-shards: error: {err}", file=sys.stderr)
-        return 2
-    resized = "" if args.max_side is None else f", {manifest['num_resized']} resized to shorter side {args.max_side}"
-    print(f"mae-make-shards: {manifest['num_samples']} images in {len(manifest['shards'])} shard(s) under "
-          f"{args.out_dir} ({manifest['num_skipped']} unreadable file(s) skipped{resized}); train with "
-          f"mae-pretrain --data {args.out_dir}")
-    return 0
+        resized = ("" if args.max_side is None
+                   else f", {manifest['num_resized']} resized to shorter side {args.max_side}")
+        print(f"mae-make-shards: {manifest['num_samples']} images in {len(manifest['shards'])} shard(s) under "
+              f"{args.out_dir} ({manifest['num_skipped']} unreadable file(s) skipped{resized}); train with "
+              f"mae-pretrain --data {args.out_dir}")
+
+    def next_step() -> str:
+        if not any(Path(args.out_dir).glob("shard-*.tar")):
+            return "no shard was written: start again"
+        return (f"{args.out_dir} holds the shards finished so far but no {MANIFEST_FILE}: remove it and start again "
+                "(the source images are untouched)")
+
+    return run_command("mae-make-shards", body, next_step)
 
 
 if __name__ == "__main__":
