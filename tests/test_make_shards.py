@@ -219,3 +219,19 @@ def test_a_full_disk_is_one_line_and_says_what_is_left(mixed_folder, tmp_path, m
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
     assert "holds the shards finished so far but no manifest.json" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-000000.tar"]
+
+
+def test_bad_arguments_of_the_public_pieces_are_named(tmp_path, mixed_folder):
+    """shrink_image's data, crop_resize's size, make_shards' seed: a TypeError/ValueError naming the argument."""
+    from mae.train.augment import CropBox, crop_resize
+
+    with pytest.raises(TypeError, match="image x.jpg: data must be the encoded file's bytes, got str"):
+        shrink_image("not bytes", "x.jpg", N)
+    pixels = np.zeros((10, 10, 3), np.uint8)
+    for bad, error in (((0, 5), ValueError), ((5,), TypeError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="size must be"):
+            crop_resize(pixels, CropBox(0, 0, 10, 10), bad)
+    assert crop_resize(pixels, CropBox(0, 0, 10, 10), (4, 6)).shape == (3, 4, 6)
+    with pytest.raises(TypeError, match="--seed must be an int, got 'a'"):
+        make_shards(mixed_folder, tmp_path / "out", seed="a")
+    assert not (tmp_path / "out").exists()

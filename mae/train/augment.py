@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from .. import functional as MF
+from .._checks import to_pair
 from .decode import decode_rgb, read_header
 
 __all__ = [
@@ -114,7 +115,7 @@ def crop_resize(pixels: np.ndarray, box: CropBox, size: int | tuple[int, int], f
         making it contiguous would cost a transposition here, while ``collate_samples`` stacks such tensors as they
         are and ``normalize_on_device`` lays the batch out on the device.
     """
-    out_size = (size, size) if isinstance(size, int) else tuple(size)
+    out_size = to_pair(size, "size")  # (height, width)
     crop = torch.from_numpy(pixels[box.top:box.top + box.height, box.left:box.left + box.width])  # (h, w, 3) view
     # channels-last is the layout of torch's vectorised uint8 resampling kernels
     x = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, 3, h, w)

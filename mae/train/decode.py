@@ -45,6 +45,8 @@ def read_header(data: bytes, name: str) -> ImageHeader:
     """The size of an encoded image, read from its header only (no pixel is decoded)."""
     from PIL import Image
 
+    _check_bytes(data, name)
+
     try:
         if simplejpeg is not None and data.startswith(_JPEG_MAGIC):
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -69,6 +71,7 @@ def decode_rgb(data: bytes, name: str, *, min_size: tuple[int, int] | None = Non
     """
     from PIL import Image
 
+    _check_bytes(data, name)
     try:
         if simplejpeg is not None and data.startswith(_JPEG_MAGIC):
             header = read_header(data, name)
@@ -86,6 +89,11 @@ def decode_rgb(data: bytes, name: str, *, min_size: tuple[int, int] | None = Non
         raise
     except Exception as err:
         raise UnreadableImageError(f"image {name} cannot be decoded ({err})") from err
+
+
+def _check_bytes(data: object, name: str) -> None:
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"image {name}: data must be the encoded file's bytes, got {type(data).__name__}")
 
 
 def _dct_scale(width: int, height: int, min_size: tuple[int, int] | None) -> int:

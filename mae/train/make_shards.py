@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_int
 from .._cli import run_command
 from ..io.atomic import atomic_write, write_json
 from . import augment
@@ -126,6 +127,7 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"--shard-size must be a positive number of images per shard, got {shard_size!r}")
     max_side = check_max_side(max_side)
+    seed = check_int(seed, "--seed", low=0)
     out_dir = Path(out)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         unfinished = out_dir.is_dir() and not (out_dir / MANIFEST_FILE).exists() and any(out_dir.glob("shard-*.tar"))
