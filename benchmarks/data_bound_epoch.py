@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline import _cpu_model, make_jpegs  # benchmarks/pipeline.py: the same test images, the CPU's name
 
-from mae.train.make_shards import make_shards
+from mae.train.data.make_shards import make_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "0944ca1"  # last commit before the uint8 pipeline (8d71b17)

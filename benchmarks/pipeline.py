@@ -44,9 +44,9 @@ from torchvision import transforms
 from torchvision.io import decode_jpeg
 
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
-from mae.train import augment, decode
-from mae.train.augment import (
-    NoiseSpec,
+from mae.train.data import augment, decode
+from mae.train.data.augment import (
+    MaskingSpec,
     augment_sample,
     collate_samples,
     crop_resize,
@@ -54,7 +54,7 @@ from mae.train.augment import (
     sample_flip,
     sample_generator,
 )
-from mae.train.make_shards import check_max_side, shrink_image
+from mae.train.data.make_shards import check_max_side, shrink_image
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "motorcycle")
 SETS = {"ImageNet-sized (500x375)": (500, 375), "3 megapixels (2048x1536)": (2048, 1536)}
@@ -109,7 +109,7 @@ def our_pipeline(size: int, *, simplejpeg: bool):
         saved = decode.simplejpeg
         decode.simplejpeg = saved if simplejpeg else None
         try:
-            return augment_sample(path.read_bytes(), str(path), size=size, noise=NoiseSpec(PATCHES), seed=0, epoch=0,
+            return augment_sample(path.read_bytes(), str(path), size=size, noise=MaskingSpec(PATCHES), seed=0, epoch=0,
                                   index=index)
         finally:
             decode.simplejpeg = saved

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mae.train.augment import NoiseSpec
-from mae.train.datasets import ImageFiles, PretrainSamples, scan_image_folder
-from mae.train.decode import UnreadableImageError, decode_rgb
+from mae.train.data.augment import MaskingSpec
+from mae.train.data.datasets import ImageFiles, PretrainSamples, scan_image_folder
+from mae.train.data.decode import UnreadableImageError, decode_rgb
 
 
 def write_images(folder, n, size=(40, 48), seed=0):
@@ -171,7 +171,7 @@ def photo_sources(n: int) -> list[tuple[np.ndarray, str]]:
 
 
 def test_samples_are_a_function_of_seed_epoch_index():
-    ds = PretrainSamples(photo_sources(2), img_size=16, noise=NoiseSpec(4), seed=3, repeat=2)
+    ds = PretrainSamples(photo_sources(2), img_size=16, noise=MaskingSpec(4), seed=3, repeat=2)
     assert len(ds) == 4
     img, noise = ds[1]
     assert img.shape == (3, 16, 16) and img.dtype == torch.uint8 and noise.shape == (4,)
@@ -186,7 +186,7 @@ def test_samples_are_a_function_of_seed_epoch_index():
 
 
 def test_samples_do_not_depend_on_the_number_of_workers():
-    ds = PretrainSamples(photo_sources(4), img_size=16, noise=NoiseSpec(4), seed=0, repeat=2)
+    ds = PretrainSamples(photo_sources(4), img_size=16, noise=MaskingSpec(4), seed=0, repeat=2)
     ds.set_epoch(3)
     batches = {}
     for workers in (0, 2):
@@ -204,6 +204,6 @@ def test_a_file_that_cannot_be_decoded_stops_with_its_name(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])  # header intact, pixel data cut
     readable, skipped = scan_image_folder(tmp_path)
     assert len(readable) == 2 and not skipped  # the scan only reads headers
-    samples = PretrainSamples(ImageFiles(readable), img_size=16, noise=NoiseSpec(4), seed=0)
+    samples = PretrainSamples(ImageFiles(readable), img_size=16, noise=MaskingSpec(4), seed=0)
     with pytest.raises(UnreadableImageError, match=r"cut\.jpg.*cannot be decoded.*resume"):
         samples[0]

@@ -104,7 +104,7 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
 
 def test_stops_are_one_line_and_say_how_to_go_on(tmp_path, monkeypatch, capsys):
     """A full disk or Ctrl-C during a protocol: one line (no traceback), exit 1 / 130, and --resume offered only
-    where the run saved something to resume from (the CLI shares mae-pretrain's ending: mae._cli.run_command)."""
+    where the run saved something to resume from (the CLI shares mae-pretrain's ending: mae.runtime.cli.run_command)."""
     from mae.eval import cli
 
     def stop_with(error):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mae.eval import FinetuneConfig, KNNConfig, LinProbeConfig, finetune, knn, linear_probe
 from mae.eval.cli import linprobe_main
-from mae.eval.engine import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULTS_FILE, Run
+from mae.eval.run import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULTS_FILE, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": "mae_vit_test", "img_size": 32, "patch_size": 8, "device": "cpu", "progress": False, "num_workers": 0}

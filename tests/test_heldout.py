@@ -8,9 +8,9 @@ import torch
 from mae import create_model
 from mae import functional as MF
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
-from mae.train.augment import NoiseSpec, augment_sample, normalize_on_device
-from mae.train.datasets import skimage_photos
-from mae.train.heldout import HELDOUT_SEED, heldout_batch, heldout_scores, mean_colour_prediction
+from mae.train.data.augment import MaskingSpec, augment_sample, normalize_on_device
+from mae.train.data.datasets import skimage_photos
+from mae.train.report import HELDOUT_SEED, heldout_batch, heldout_scores, mean_colour_prediction
 
 
 def test_mean_colour_prediction_is_the_mean_of_the_visible_pixels_per_channel():
@@ -64,7 +64,7 @@ def test_norm_pix_prediction_is_scored_after_denormalising_with_the_true_patch_s
 
 
 def test_heldout_batch_is_the_training_augmentation_of_the_held_out_photos_with_a_fixed_seed():
-    spec = NoiseSpec(16)
+    spec = MaskingSpec(16)
     imgs, noise = heldout_batch(32, spec, num_images=3)
     assert imgs.shape == (3, 3, 32, 32) and imgs.dtype == torch.float32 and noise.shape == (3, 16)
     again = heldout_batch(32, spec, num_images=3)
@@ -80,7 +80,7 @@ def test_heldout_batch_is_the_training_augmentation_of_the_held_out_photos_with_
 
 
 def test_heldout_batch_follows_the_masking_strategy():
-    spec = NoiseSpec(16, "grid", (4, 4), 0.75)
+    spec = MaskingSpec(16, "grid", (4, 4), 0.75)
     noise = heldout_batch(32, spec, num_images=2)[1]
     kept = MF.random_masking(torch.zeros(2, 16, 1), 0.75, noise=noise).mask == 0  # (N, L)
     # grid masking keeps one patch of every 2x2 cell

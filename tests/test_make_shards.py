@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 import mae
-from mae.train import make_shards as make_shards_module
-from mae.train.augment import NoiseSpec, normalize_on_device
-from mae.train.make_shards import main, make_shards, shrink_image
-from mae.train.shards import ShardSamples, resolve_shards
+from mae.train.data import make_shards as make_shards_module
+from mae.train.data.augment import MaskingSpec, normalize_on_device
+from mae.train.data.make_shards import main, make_shards, shrink_image
+from mae.train.data.shards import ShardSamples, resolve_shards
 
 N = 40  # --max-side of these tests (the floor is 32)
 
@@ -131,7 +131,7 @@ def test_shrunk_shards_train_end_to_end(mixed_folder, tmp_path):
     make_shards(mixed_folder, tmp_path / "out", shard_size=2, max_side=N)
     shards, manifest = resolve_shards(str(tmp_path / "out"))
     model = mae.create_model("mae_vit_test")  # 32 px, patch 8: 16 patches
-    data = ShardSamples(shards, img_size=32, noise=NoiseSpec(model.config.num_patches), seed=0)
+    data = ShardSamples(shards, img_size=32, noise=MaskingSpec(model.config.num_patches), seed=0)
     data.split(rank=0, world_size=1, batch_size=5)
     data.set_epoch(0)
     (imgs, noise), = list(torch.utils.data.DataLoader(data, batch_size=5, num_workers=0))
@@ -203,7 +203,7 @@ def test_an_unfinished_conversion_is_named_when_refused(mixed_folder, tmp_path, 
 
 
 def test_a_full_disk_is_one_line_and_says_what_is_left(mixed_folder, tmp_path, monkeypatch, capsys):
-    """The converter ends like the other commands (mae._cli.run_command): no traceback, and what OUT_DIR holds."""
+    """The converter ends like the other commands (mae.runtime.cli.run_command): no traceback, says what OUT_DIR holds."""
     written = []
 
     def full_after_one(path, *args):
@@ -223,7 +223,7 @@ def test_a_full_disk_is_one_line_and_says_what_is_left(mixed_folder, tmp_path, m
 
 def test_bad_arguments_of_the_public_pieces_are_named(tmp_path, mixed_folder):
     """shrink_image's data, crop_resize's size, make_shards' seed: a TypeError/ValueError naming the argument."""
-    from mae.train.augment import CropBox, crop_resize
+    from mae.train.data.augment import CropBox, crop_resize
 
     with pytest.raises(TypeError, match="image x.jpg: data must be the encoded file's bytes, got str"):
         shrink_image("not bytes", "x.jpg", N)

@@ -13,11 +13,11 @@ from PIL import Image
 from torchvision import transforms
 
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
-from mae.train import decode
-from mae.train.augment import (
+from mae.train.data import decode
+from mae.train.data.augment import (
     CROP_RATIO,
     CROP_SCALE,
-    NoiseSpec,
+    MaskingSpec,
     augment_sample,
     normalize_on_device,
     sample_crop,
@@ -106,7 +106,8 @@ def test_outputs_match_the_pil_pipeline_up_to_resampling(width, height, size, bo
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     errors = []
     for index in range(12):
-        img, noise = augment_sample(data, "astronaut.jpg", size=size, noise=NoiseSpec(16), seed=0, epoch=0, index=index)
+        img, noise = augment_sample(data, "astronaut.jpg", size=size, noise=MaskingSpec(16),
+                                    seed=0, epoch=0, index=index)
         seed = int(np.random.SeedSequence([0, 0, index]).generate_state(1, np.uint64)[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -123,9 +124,11 @@ def test_outputs_match_the_pil_pipeline_up_to_resampling(width, height, size, bo
 def test_pillow_fallback_decodes_jpeg_like_libjpeg_turbo(monkeypatch):
     """Without simplejpeg, Pillow decodes the JPEG (its draft mode: the same DCT scaling) and the samples agree."""
     data = photo_jpeg(2048, 1536)
-    fast = [augment_sample(data, "a.jpg", size=224, noise=NoiseSpec(4), seed=1, epoch=0, index=i)[0] for i in range(4)]
+    fast = [augment_sample(data, "a.jpg", size=224, noise=MaskingSpec(4), seed=1, epoch=0, index=i)[0]
+            for i in range(4)]
     monkeypatch.setattr(decode, "simplejpeg", None)
-    plain = [augment_sample(data, "a.jpg", size=224, noise=NoiseSpec(4), seed=1, epoch=0, index=i)[0] for i in range(4)]
+    plain = [augment_sample(data, "a.jpg", size=224, noise=MaskingSpec(4), seed=1, epoch=0, index=i)[0]
+             for i in range(4)]
     for a, b in zip(fast, plain, strict=True):
         assert (a.float() - b.float()).abs().mean() < 1.0
 

@@ -17,7 +17,7 @@ import torch
 import mae
 from mae.io.hf import save_hf
 from mae.train.cli import build_parser
-from mae.train.make_shards import build_parser as build_shards_parser
+from mae.train.data.make_shards import build_parser as build_shards_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

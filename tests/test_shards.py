@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mae.train.augment import NoiseSpec
-from mae.train.datasets import ImageFiles, PretrainSamples
-from mae.train.make_shards import main as make_shards
-from mae.train.shards import ShardSamples, expand_braces, is_shard_spec, resolve_shards
+from mae.train.data.augment import MaskingSpec
+from mae.train.data.datasets import ImageFiles, PretrainSamples
+from mae.train.data.make_shards import main as make_shards
+from mae.train.data.shards import ShardSamples, expand_braces, is_shard_spec, resolve_shards
 
 
 def solid_images(folder, n):
@@ -56,7 +56,7 @@ def test_make_shards_round_trip(tmp_path):
     assert found == manifest and len(shards) == 3
     same, _ = resolve_shards(str(tmp_path / "out" / "shard-{000000..000002}.tar"))
     assert same == shards
-    data = ShardSamples(shards, img_size=8, noise=NoiseSpec(4), seed=0)
+    data = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=0)
     members = sorted(data.source(i)[0] for i in range(23))
     assert members == sorted(p.read_bytes() for p in src.iterdir())  # every file, byte for byte, once
     # an existing, non-empty output folder is refused, never overwritten
@@ -70,7 +70,7 @@ def test_no_sample_twice_across_two_ranks_and_two_workers(tmp_path, repeat):
     shards, _ = resolve_shards(str(tmp_path / "out"))
     seen, per_rank = [], []
     for rank in range(2):
-        data = ShardSamples(shards, img_size=8, noise=NoiseSpec(4), seed=1, repeat=repeat)
+        data = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=1, repeat=repeat)
         data.split(rank=rank, world_size=2, batch_size=3)
         data.set_epoch(2)
         batches = list(torch.utils.data.DataLoader(data, batch_size=3, num_workers=2, drop_last=True))
@@ -87,7 +87,7 @@ def test_batches_do_not_depend_on_workers_and_one_process_equals_two(tmp_path):
     shards, _ = resolve_shards(str(tmp_path / "out"))
 
     def run(world, rank, batch, workers):
-        data = ShardSamples(shards, img_size=8, noise=NoiseSpec(4), seed=0)
+        data = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=0)
         data.split(rank=rank, world_size=world, batch_size=batch)
         data.set_epoch(1)
         loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers, drop_last=True)
@@ -107,8 +107,8 @@ def test_a_sample_is_the_same_from_a_folder_or_from_shards(tmp_path):
     files = sorted(src.iterdir())
     with tarfile.open(tmp_path / "one.tar", "w") as tar:
         add_numbered(tar, files)
-    data = ShardSamples([tmp_path / "one.tar"], img_size=8, noise=NoiseSpec(4), seed=3)
-    folder = PretrainSamples(ImageFiles(files), img_size=8, noise=NoiseSpec(4), seed=3)
+    data = ShardSamples([tmp_path / "one.tar"], img_size=8, noise=MaskingSpec(4), seed=3)
+    folder = PretrainSamples(ImageFiles(files), img_size=8, noise=MaskingSpec(4), seed=3)
     for i in range(5):
         a, b = data.sample(i), folder[i]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -125,15 +125,15 @@ def test_bad_shards_are_named(tmp_path):
     full = (tmp_path / "good.tar").read_bytes()
     (tmp_path / "cut.tar").write_bytes(full[: len(full) // 2])
     with pytest.raises(ValueError, match=r"cut\.tar.*not a complete tar"):
-        ShardSamples([tmp_path / "cut.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+        ShardSamples([tmp_path / "cut.tar"], img_size=8, noise=MaskingSpec(4), seed=0)
     with tarfile.open(tmp_path / "good.tar") as tar:
         first = tar.next()
         boundary = first.offset_data + -(-first.size // 512) * 512  # where the second member's header starts
     (tmp_path / "cut_at_member.tar").write_bytes(full[:boundary])  # ends right after a member: no end marker
     with pytest.raises(ValueError, match=r"cut_at_member\.tar.*end-of-archive"):
-        ShardSamples([tmp_path / "cut_at_member.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+        ShardSamples([tmp_path / "cut_at_member.tar"], img_size=8, noise=MaskingSpec(4), seed=0)
     with pytest.warns(UserWarning, match="1 sample"):
-        data = ShardSamples([tmp_path / "good.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+        data = ShardSamples([tmp_path / "good.tar"], img_size=8, noise=MaskingSpec(4), seed=0)
     assert data.num_images == 4 and data.skipped == 1
 
     with tarfile.open(tmp_path / "liar.tar", "w") as tar:
@@ -141,7 +141,7 @@ def test_bad_shards_are_named(tmp_path):
         info = tarfile.TarInfo("0001.jpg")  # says image, holds text
         info.size = 5
         tar.addfile(info, fileobj=io.BytesIO(b"hello"))
-    data = ShardSamples([tmp_path / "liar.tar"], img_size=8, noise=NoiseSpec(4), seed=0)
+    data = ShardSamples([tmp_path / "liar.tar"], img_size=8, noise=MaskingSpec(4), seed=0)
     with pytest.raises(ValueError, match=r"liar\.tar' member '0001\.jpg' cannot be decoded"):
         data.sample(1)
     with pytest.raises(FileNotFoundError, match="do not exist"):
@@ -151,7 +151,7 @@ def test_bad_shards_are_named(tmp_path):
 @pytest.mark.slow
 def test_pretrain_on_shards_end_to_end_reports_data_wait(tmp_path):
     from mae.train import TrainConfig, pretrain
-    from mae.train.metrics import read_metrics
+    from mae.train.report import read_metrics
 
     rng = np.random.default_rng(0)
     (tmp_path / "src").mkdir()

@@ -20,18 +20,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import mae.functional
-import mae.train.figures
+import mae.train.report
 from mae import MAEConfig, MaskedAutoEncoder
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
 from mae.train import NonFiniteLossError, TrainConfig, pretrain
-from mae.train.augment import NoiseSpec
-from mae.train.checkpoint import read_train_checkpoint
 from mae.train.cli import main
 from mae.train.data import build_data, normalize_on_device
-from mae.train.heldout import heldout_batch, heldout_scores
-from mae.train.metrics import read_metrics
-from mae.train.optim import build_optimizer
-from mae.train.rundir import check_run_dir
+from mae.train.data.augment import MaskingSpec
+from mae.train.engine import build_optimizer
+from mae.train.report import heldout_batch, heldout_scores, read_metrics
+from mae.train.run import check_run_dir, read_train_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"embed_dim": 64, "depth": 2, "num_heads": 4, "decoder_embed_dim": 32, "decoder_depth": 1,
@@ -113,13 +111,13 @@ def test_default_run_scores_the_held_out_batch_and_draws_it(tmp_path, monkeypatc
     """Without --data (issue 10): summary.json with the score and the baseline, the scored batch saved as a plain
     tensor, and the reconstruction figure drawn from that batch with the same masks."""
     drawn = {}
-    real_figure = mae.train.figures.reconstruction_figure
+    real_figure = mae.train.report.reconstruction_figure
 
     def recording_figure(model, imgs, **kw):
         drawn.update(imgs=imgs.cpu(), noise=kw["noise"].cpu())
         return real_figure(model, imgs, **kw)
 
-    monkeypatch.setattr(mae.train.figures, "reconstruction_figure", recording_figure)
+    monkeypatch.setattr(mae.train.report, "reconstruction_figure", recording_figure)
     result = pretrain(tiny_config(tmp_path, None, epochs=1, repeat=1, figures=True))
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert {"heldout_loss", "heldout_baseline_loss", "heldout_ratio", "norm_pix_loss", "steps", "seconds"} <= set(
@@ -128,7 +126,7 @@ def test_default_run_scores_the_held_out_batch_and_draws_it(tmp_path, monkeypatc
     assert summary["heldout_ratio"] == pytest.approx(summary["heldout_loss"] / summary["heldout_baseline_loss"])
     imgs = torch.load(result.run_dir / "heldout_images.pt", weights_only=True)
     assert type(imgs) is torch.Tensor and imgs.shape == (16, 3, 32, 32) and imgs.dtype == torch.float32
-    noise = heldout_batch(32, NoiseSpec(16))[1]
+    noise = heldout_batch(32, MaskingSpec(16))[1]
     scores = heldout_scores(result.model, imgs, noise)  # the saved batch IS the scored one
     assert (scores.loss, scores.baseline) == pytest.approx((summary["heldout_loss"], summary["heldout_baseline_loss"]))
     assert torch.equal(drawn["imgs"], imgs) and torch.equal(drawn["noise"], noise)
@@ -268,7 +266,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 _KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
     import torch
-    import mae.train.checkpoint as ck
+    import mae.train.run as ck
     from mae import create_model
 
     path, phase = sys.argv[1], sys.argv[2]

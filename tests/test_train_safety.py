@@ -15,7 +15,7 @@ from mae import create_model
 from mae.io.atomic import TEMP_SUFFIX
 from mae.train import NonFiniteLossError, pretrain, read_train_checkpoint, write_train_checkpoint
 from mae.train.cli import main
-from mae.train.rundir import RunLock
+from mae.train.run import RunLock
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_interrupt_in_epoch_one_does_not_advise_resume(tmp_path, data, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    monkeypatch.setattr(engine.Trainer, "train_epoch", interrupted)
     assert main(tiny_args(tmp_path, data)) == 130
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "--resume" not in err

@@ -11,7 +11,8 @@ import torch
 
 from mae import MAEConfig, create_model
 from mae.train import TrainConfig, lr_at_step, param_groups, scaled_lr
-from mae.train.checkpoint import (
+from mae.train.engine import build_optimizer
+from mae.train.run import (
     MODEL_FILE,
     STATE_FILE,
     capture_rng_state,
@@ -19,7 +20,6 @@ from mae.train.checkpoint import (
     restore_rng_state,
     write_train_checkpoint,
 )
-from mae.train.optim import build_optimizer
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
             decoder_num_heads=4)

@@ -9,13 +9,13 @@ Each protocol is a function of its config (``knn``, ``linear_probe``, ``finetune
 (pooled features, intermediate layers, attention maps) lives in ``mae.eval.features``.
 """
 
-try:  # the eval extra: image folders (torchvision, Pillow), progress bars (tqdm); the digits need scikit-learn
-    import PIL  # noqa: F401
-    import torchvision  # noqa: F401
-    import tqdm  # noqa: F401
-except ImportError as err:
-    missing = err.name
-    raise ImportError(f"mae.eval needs the eval extra ({missing} is missing): pip install 'mae-pytorch[eval]'") from err
+from ..runtime.cli import require_extra
+
+# The eval extra: image folders (torchvision, Pillow), progress bars (tqdm); the digits need scikit-learn. Checked
+# before the protocols are imported, so a missing package is one line naming the extra.
+require_extra("eval", {"PIL": "pillow", "torchvision": "torchvision", "tqdm": "tqdm"}, "mae.eval")
+
+# ruff: noqa: E402
 
 from .config import EvalConfig, FinetuneConfig, KNNConfig, LinProbeConfig
 from .features import attention_maps, cls_attention, intermediate_layers, pool_tokens, pooled_features

@@ -26,7 +26,7 @@ from ..io.timm import to_timm
 from ..model import MaskedAutoEncoder
 from .config import FinetuneConfig
 from .data import eval_transform, finetune_train_transform, load_data
-from .engine import Run
+from .run import Run
 
 __all__ = ["build_finetune_model", "finetune", "layer_id", "param_groups_layer_decay"]
 

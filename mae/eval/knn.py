@@ -19,8 +19,8 @@ from torch import Tensor
 from ..model import MaskedAutoEncoder
 from .config import KNNConfig
 from .data import eval_transform, load_data
-from .engine import FEATURES_FILE, Run
 from .features import pooled_features
+from .run import FEATURES_FILE, Run
 
 __all__ = ["knn", "knn_scores", "topk_accuracy"]
 

@@ -22,9 +22,9 @@ from torch.utils.data import TensorDataset
 from ..model import MaskedAutoEncoder
 from .config import LinProbeConfig
 from .data import eval_transform, load_data, probe_train_transform
-from .engine import Run
 from .features import pooled_features
 from .lars import LARS
+from .run import Run
 
 __all__ = ["FeatureBatchNorm", "LinearProbe", "linear_probe", "probe_head"]
 

@@ -5,14 +5,17 @@
     >>> result.run_dir                                           # runs/demo: config, metrics, checkpoints, figures
 
 Training needs the ``train`` extra (``pip install 'mae-pytorch[train]'``); without it this package still imports,
-and ``pretrain`` and ``mae-pretrain`` say in one line what to install (``mae.train.extra``).
+and ``pretrain`` and ``mae-pretrain`` say in one line what to install.
+
+Modules: ``config`` (the run's settings) and ``cli`` (``mae-pretrain``); ``engine`` (the run, in order); ``run`` (the
+run folder, its lock, checkpoints and resume rules); ``report`` (metrics, summary, held-out score, figures);
+``data/`` (the input pipeline). The loop itself is ``mae.runtime.loop``, shared with evaluation.
 """
 
-from .checkpoint import TrainCheckpoint, read_train_checkpoint, write_train_checkpoint
+from ..runtime.loop import lr_at_step, scaled_lr
 from .config import RESUMABLE_FIELDS, TrainConfig
-from .engine import NonFiniteLossError, TrainResult, pretrain
-from .optim import build_optimizer, param_groups
-from .schedule import lr_at_step, scaled_lr
+from .engine import NonFiniteLossError, TrainResult, build_optimizer, param_groups, pretrain
+from .run import TrainCheckpoint, read_train_checkpoint, write_train_checkpoint
 
 __all__ = [
     "NonFiniteLossError",

@@ -1,25 +1,35 @@
-"""The run configuration: one frozen dataclass. Its defaults ARE the default run (``mae-pretrain`` with no argument).
+"""The pretraining run: one frozen dataclass whose defaults ARE the default run (``mae-pretrain`` with no argument).
 
-Every field maps to one ``mae-pretrain`` flag (``batch_size`` -> ``--batch-size``); its help text lives in the field's
-``metadata`` and its argparse type comes from its type hint, so the CLI repeats nothing. The resolved values that
-depend on the machine (learning rate, effective batch, device, precision) are computed by the engine and saved next
-to it.
+Every field is one ``mae-pretrain`` flag (``mae.runtime.cli``). The values that depend on the machine (learning rate,
+effective batch, device, precision) are resolved by the engine and saved next to the config in the run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .._checks import check_bool, check_finite, check_non_negative_int, check_positive_int
-from ..config import MASKINGS, MAEConfig, list_models, replace_fields
+from ..config import MASKINGS, MAEConfig, list_models
+from ..runtime.cli import CommandConfig, require_extra, slug
+from ..runtime.cli import option as _opt
+from ..runtime.distributed import check_device_name
+from ..runtime.loop import PRECISIONS
 
-__all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "PAPER_DEFAULTS", "PAPER_MODEL", "PRECISIONS", "RESUMABLE_FIELDS",
-           "TrainConfig", "source_defaults"]
+__all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "PAPER_DEFAULTS", "PAPER_MODEL", "RESUMABLE_FIELDS", "TRAIN_EXTRA",
+           "TrainConfig", "require_train_extra", "source_defaults"]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The ``train`` extra (import name -> distribution): mae.train imports them where it uses them, so that
+# ``mae-pretrain`` can say what to install in one line.
+TRAIN_EXTRA = {"tqdm": "tqdm", "matplotlib": "matplotlib", "skimage": "scikit-image", "PIL": "pillow",
+               "torchvision": "torchvision"}
+
+
+def require_train_extra(what: str) -> None:
+    """Raise ``MissingExtraError`` (an ImportError) naming the train extra when one of its packages is missing."""
+    require_extra("train", TRAIN_EXTRA, what)
+
 
 # What may differ when a run is resumed: fields that change neither the model, the data nor the optimisation.
 RESUMABLE_FIELDS = frozenset({
@@ -27,14 +37,11 @@ RESUMABLE_FIELDS = frozenset({
     "log_every", "progress", "figures", "tensorboard",
 })
 
-# Fields left at None take their value from the data source: a CPU-sized demo on the built-in photographs, the
-# paper's recipe (Sec. 4 / A.1; ImageNet, 224 px, the preset's patch) on --data. The demo (issue 10: it must visibly
-# learn in about 5 CPU minutes) trains the small "mae_vit_demo_patch4" preset on a 16 x 16 grid of 4 px patches at
-# 64 px, with normalised-pixel targets (Sec. 3, the paper's best setting), for 2 epochs of 48 steps (12 photos x 128
-# crops at batch 32); it raises blr because it makes 96 steps at batch 32 rather than 800 epochs at batch 4096:
-# lr = 1.6e-2 * 32 / 256 = 2e-3. Chosen by measurement: it scores about a third of the mean-colour baseline on the
-# held-out photos (mae.train.heldout), where ViT-Tiny on an 8 x 8 grid did worse than that baseline; 4 epochs scored
-# the same (0.320x against 0.318x after 2), so the demo stops at 2.
+# Fields left at None take their value from the data source: the paper's recipe (Sec. 4 / A.1; 224 px, the preset's
+# patch) with --data, a demo that must visibly learn in CPU minutes on the built-in photographs: the small
+# "mae_vit_demo_patch4" preset on a 16 x 16 grid of 4 px patches, normalised-pixel targets (Sec. 3), 2 epochs of 48
+# steps at batch 32. It raises blr because it makes 96 steps rather than 800 epochs at batch 4096. docs/pretraining.md
+# gives its measured held-out score.
 DEMO_MODEL, PAPER_MODEL = "mae_vit_demo_patch4", "mae_vit_tiny_patch16"
 DEMO_DEFAULTS: dict[str, Any] = {"model": DEMO_MODEL, "img_size": 64, "patch_size": 4, "norm_pix_loss": True,
                                  "repeat": 128, "batch_size": 32, "epochs": 2, "warmup_epochs": 1.0, "blr": 1.6e-2,
@@ -58,13 +65,8 @@ def source_defaults(data: str | None, model: str | None) -> dict[str, Any]:
     return {**PAPER_DEFAULTS, "patch_size": MAEConfig.from_name(preset).patch_size[0]}
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 (argparse's word)
-    """A field with its CLI help text; ``extra`` goes to the metadata too (e.g. ``choices``)."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(CommandConfig):
     """Pretraining run. With no argument: a small MAE on 64 px crops of scikit-image's photographs, CPU minutes.
 
     ``None`` fields are filled by ``source_defaults`` (demo on the built-in photographs, the paper's recipe when
@@ -104,7 +106,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)")
     compile: bool = _opt(False, "torch.compile the model")
     # None leaves torch's setting (one per core, or OMP_NUM_THREADS). On a machine shared with other jobs, 1 avoids
-    # threads waiting on each other (README: measured).
+    # threads waiting on each other.
     threads: int | None = _opt(None, "torch CPU threads per process (default: torch's own setting, i.e. the cores or "
                                      "OMP_NUM_THREADS); 1 is faster for small models on a machine busy with other jobs")
     seed: int = _opt(0, "random seed (crops, flips, masks and initial weights)")
@@ -136,8 +138,7 @@ class TrainConfig:
             check_bool(getattr(self, name), name)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device_name(self.device)
 
     def _check_counts(self) -> None:
         for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",
@@ -194,21 +195,13 @@ class TrainConfig:
             return self.name
         if self.data is None:
             return "default"
-        return f"{_slug(self.data)}-{self.model}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (validated again)."""
-        return replace_fields(self, **changes)
+        return f"{slug(self.data, 'data')}-{self.model}"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        valid = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in valid})
-
-
-def _slug(path: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(path).rstrip("/\\").split("/")[-1].split("\\")[-1])
-    return base.strip("._") or "data"
+    def default_text(cls, field: dataclasses.Field) -> str:
+        """Defaults that depend on the data source say both values."""
+        demo, paper = source_defaults(None, cls.model), source_defaults("data", cls.model)
+        if field.name not in demo:
+            return str(field.default)
+        paper_text = "the preset's" if field.name == "patch_size" else paper[field.name]
+        return f"{demo[field.name]} on the built-in photographs, {paper_text} with --data"

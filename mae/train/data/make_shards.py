@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import check_int
-from .._cli import run_command
-from ..io.atomic import atomic_write, write_json
+from ..._checks import check_int
+from ...io.atomic import atomic_write, write_json
+from ...runtime.cli import run_command
 from . import augment
 from .datasets import scan_image_folder
 from .decode import UnreadableImageError, decode_rgb, read_header

@@ -35,7 +35,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .augment import NoiseSpec, augment_sample
+from .augment import MaskingSpec, augment_sample
 from .datasets import IMAGE_EXTENSIONS
 from .decode import UnreadableImageError
 
@@ -161,7 +161,7 @@ class ShardSamples(IterableDataset):
     each epoch. Indexing happens here, once, in the main process: every shard's headers are read.
     """
 
-    def __init__(self, shards: list[Path], *, img_size: int, noise: NoiseSpec, seed: int, repeat: int = 1) -> None:
+    def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         if not shards:

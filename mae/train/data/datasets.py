@@ -22,7 +22,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .augment import NoiseSpec, Source, augment_sample
+from .augment import MaskingSpec, Source, augment_sample
 from .decode import UnreadableImageError, to_rgb_array
 
 __all__ = [
@@ -151,12 +151,12 @@ class PretrainSamples(Dataset):
         images: indexable, item ``i`` = ``(source, name)``: encoded bytes or RGB uint8 pixels, and a name for errors
             (a list, or ``ImageFiles``).
         img_size: S, the side of the square crops.
-        noise: the masking noise each sample carries (``NoiseSpec``: L patches and the masking strategy).
+        noise: the masking noise each sample carries (``MaskingSpec``: L patches and the masking strategy).
         seed: run seed.
         repeat: each image appears ``repeat`` times per epoch (with different crops), for tiny datasets.
     """
 
-    def __init__(self, images, *, img_size: int, noise: NoiseSpec, seed: int, repeat: int = 1) -> None:
+    def __init__(self, images, *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         self.images, self.img_size = images, img_size

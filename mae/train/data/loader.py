@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
-from .augment import NoiseSpec, center_view, collate_samples, normalize_on_device
+from ...config import IMAGENET_MEAN, IMAGENET_STD
+from .augment import MaskingSpec, center_view, collate_samples, normalize_on_device
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
@@ -36,7 +36,7 @@ class RunData(NamedTuple):
 def build_data(config) -> RunData:
     """The training samples and the figure batch of a ``TrainConfig``."""
     model = config.model_config
-    noise = NoiseSpec(model.num_patches, model.masking, model.grid_size, model.mask_ratio)
+    noise = MaskingSpec.of(model)
     size, samples = config.img_size, dict(img_size=config.img_size, noise=noise, seed=config.seed,
                                           repeat=config.repeat)
     if config.data is None:

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from .. import functional as MF
-from .._checks import to_pair
+from ..._checks import to_pair
+from ...config import MAEConfig
+from ...functional import block_mask, grid_mask, mask_to_noise
 from .decode import decode_rgb, read_header
 
 __all__ = [
@@ -172,7 +173,7 @@ def center_view(source: Source, name: str, size: int) -> Tensor:
     return crop_resize(pixels, box, size)
 
 
-class NoiseSpec(NamedTuple):
+class MaskingSpec(NamedTuple):
     """What each sample's masking noise encodes: L patches, and the model's masking strategy on its grid.
 
     The model ranks patches by this noise (small = kept, ``random_masking``). For "random" it is uniform in [0, 1);
@@ -188,12 +189,17 @@ class NoiseSpec(NamedTuple):
     def draw(self, generator: torch.Generator) -> Tensor:
         if self.masking == "random":
             return torch.rand(self.num_patches, generator=generator)  # (L,)
-        strategy = MF.block_mask if self.masking == "block" else MF.grid_mask
+        strategy = block_mask if self.masking == "block" else grid_mask
         removed = strategy(1, self.grid_size, self.mask_ratio, generator=generator)  # (1, L) 1 = removed
-        return MF.mask_to_noise(removed, generator=generator)[0]  # (L,) the kept patches rank first
+        return mask_to_noise(removed, generator=generator)[0]  # (L,) the kept patches rank first
+
+    @classmethod
+    def of(cls, model: MAEConfig) -> MaskingSpec:
+        """The masking of the model ``model`` describes."""
+        return cls(model.num_patches, model.masking, model.grid_size, model.mask_ratio)
 
 
-def augment_sample(source: Source, name: str, *, size: int, noise: NoiseSpec, seed: int, epoch: int,
+def augment_sample(source: Source, name: str, *, size: int, noise: MaskingSpec, seed: int, epoch: int,
                    index: int) -> tuple[Tensor, Tensor]:
     """One training sample: ``(image uint8 (3, size, size), masking noise (L,))``, a pure function of
     ``(source, seed, epoch, index)``: the crop, the flip and the noise come from the sample's own generator."""

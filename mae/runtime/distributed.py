@@ -1,14 +1,25 @@
-"""Multi-process training through ``torchrun``: nccl on CUDA, gloo on CPU. A single process needs none of it."""
+"""Several processes under ``torchrun``: nccl on CUDA, gloo on the CPU. A single process needs none of it.
+
+Pretraining and evaluation share this set-up. Evaluation sets are split across processes WITHOUT padding
+(``shard_indices``) and gathered back into dataset order (``gather_rows``), so results do not depend on the number
+of processes.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "shutdown"]
+__all__ = ["DEVICES", "DistInfo", "all_reduce_sum", "barrier", "gather_rows", "init_distributed", "resolve_device",
+           "shard_indices", "check_device_name", "shutdown"]
+
+# What --device accepts (checked by every command's config); under torchrun each process takes cuda:LOCAL_RANK.
+DEVICES = r"auto|cpu|cuda(:\d+)?"
 
 
 @dataclass(frozen=True)
@@ -36,9 +47,14 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was requested but torch finds no CUDA GPU; use --device cpu or auto")
         return torch.device(device if ":" in device else f"cuda:{local_rank}")
-    if device != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return torch.device("cpu")
+
+
+def check_device_name(device: object) -> str:
+    """A --device value: 'auto', 'cpu', 'cuda' or 'cuda:N'."""
+    if not isinstance(device, str) or not re.fullmatch(DEVICES, device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return device
 
 
 def init_distributed(device: str) -> DistInfo:
@@ -67,3 +83,24 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard_indices(n: int, info: DistInfo) -> list[int]:
+    """This process's share of ``range(n)``: every ``world_size``-th index, no padding, no repeats."""
+    return list(range(info.rank, n, info.world_size))
+
+
+def gather_rows(rows: Tensor, n: int, info: DistInfo) -> Tensor:
+    """Put back together a (n, ...) tensor of which this process holds the rows ``shard_indices(n, info)``."""
+    if not info.enabled:
+        return rows
+    per_rank = -(-n // info.world_size)  # ceil: shards differ in length by at most one
+    padded = rows.new_zeros((per_rank, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    out = rows.new_empty((n, *rows.shape[1:]))
+    for r, part in enumerate(parts):
+        count = len(range(r, n, info.world_size))
+        out[r::info.world_size] = part[:count]
+    return out

@@ -1,4 +1,4 @@
-"""What the three protocols share: the run folder, the epoch loop, evaluation, checkpoints, metrics, results.
+"""What the three protocols share: the run folder, epochs of the one training loop, evaluation, checkpoints, results.
 
 A run folder ``<output_dir>/<name>/`` holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one record per
 epoch), ``checkpoint.pt`` (after every epoch; ``--resume`` continues from it) and ``results.json``. Only rank 0
@@ -11,9 +11,7 @@ runs identically whether the run went through or was resumed before it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import random
 import time
@@ -26,15 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_write, write_json
 from ..model import MaskedAutoEncoder
-from ..train.schedule import lr_at_step
-from .config import RESUMABLE_FIELDS, EvalConfig
-from .distributed import (
+from ..runtime.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
@@ -43,6 +38,8 @@ from .distributed import (
     shard_indices,
     shutdown,
 )
+from ..runtime.loop import Schedule, Trainer, autocast, resolve_precision
+from .config import RESUMABLE_FIELDS, EvalConfig
 from .encoder import load_encoder
 
 __all__ = [
@@ -53,7 +50,6 @@ __all__ = [
 CONFIG_FILE, METRICS_FILE, RESULTS_FILE = "config.json", "metrics.jsonl", "results.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # linear probe and fine-tuning: written after every epoch
 FEATURES_FILE = "features.pt"  # kNN: the extracted features, all a resumed kNN run needs
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_resume(path: str | os.PathLike) -> dict[str, Any]:
@@ -131,11 +127,7 @@ class Run:
         except BaseException:
             shutdown(info)
             raise
-        precision = config.precision
-        if precision == "auto":
-            cuda_bf16 = info.device.type == "cuda" and torch.cuda.is_bf16_supported()
-            precision = "bf16" if cuda_bf16 else "fp32"
-        return cls(config, info, run_dir, ckpt, precision, time.perf_counter())
+        return cls(config, info, run_dir, ckpt, resolve_precision(config.precision, info.device), time.perf_counter())
 
     def load_encoder(
         self, given: MaskedAutoEncoder | None, *, on_device: bool = True
@@ -161,8 +153,7 @@ class Run:
         return self.info.device
 
     def autocast(self):
-        dtype = _AUTOCAST.get(self.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast(self.precision, self.device)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.info.is_main:
@@ -241,11 +232,9 @@ class Run:
         self, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, val_set: Dataset, *,
         loss_fn: Callable[[Tensor, Tensor], Tensor], batch_transform: Callable | None = None,
     ) -> dict[str, Any]:
-        """Train ``model`` (its trainable parameters) for ``config.epochs`` epochs, evaluating after each.
-
-        Each param group's lr is the schedule's lr times its ``lr_scale`` (default 1). The last accumulation group
-        of an epoch may be shorter; it still steps, its loss divided by its own length. Under DDP, gradients are
-        synchronised on the last micro-batch of a group only.
+        """Train ``model`` (its trainable parameters) for ``config.epochs`` epochs with the one training loop
+        (``mae.runtime.loop``), evaluating and saving a checkpoint after each. Each param group's lr is the
+        schedule's lr times its ``lr_scale`` (default 1).
 
         Returns:
             The last epoch's validation metrics plus ``best_val_acc1`` and the number of steps.
@@ -258,67 +247,41 @@ class Run:
         if len(loader) == 0:
             raise ValueError(f"{len(train_set)} training samples give no full batch of batch_size={cfg.batch_size} "
                              f"on each of {info.world_size} process(es); lower --batch-size")
-        steps_per_epoch = math.ceil(len(loader) / cfg.accum_iter)
-        effective = cfg.batch_size * cfg.accum_iter * info.world_size
-        base_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective / 256
-        total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        start, step, best, last = 0, 0, -1.0, {}
+        schedule = Schedule.plan(batches_per_epoch=len(loader), accum_iter=cfg.accum_iter, batch_size=cfg.batch_size,
+                                 world_size=info.world_size, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                                 blr=cfg.blr, lr=cfg.lr, min_lr=cfg.min_lr)
+        start, best, last = 0, -1.0, {}
         if self.resumed is not None:
             model.load_state_dict(self.resumed["model"])
-            optimizer.load_state_dict(self.resumed["optimizer"])
-            scaler.load_state_dict(self.resumed["scaler"])
-            start, step, best = self.resumed["epoch"], self.resumed["step"], self.resumed["best_val_acc1"]
-            last = self.resumed["last"]
+            start, best, last = self.resumed["epoch"], self.resumed["best_val_acc1"], self.resumed["last"]
             if start >= cfg.epochs:
                 raise ValueError(f"--resume {self.resumed['path']!r} already finished its {cfg.epochs} epochs")
-        ddp = DDP(model, device_ids=[self.device] if self.device.type == "cuda" else None) if info.enabled else None
-        forward = ddp if ddp is not None else model
+        trainer = Trainer(model, optimizer, schedule, info, precision=self.precision, accum_iter=cfg.accum_iter)
+        if self.resumed is not None:
+            trainer.resume(self.resumed["optimizer"], self.resumed["scaler"], self.resumed["step"])
+
+        def loss_of(forward: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+            x, y = (t.to(self.device, non_blocking=True) for t in batch)
+            if batch_transform is not None:
+                x, y = batch_transform(x, y)
+            return loss_fn(forward(x).float(), y)
+
         for epoch in range(start, cfg.epochs):
             t_epoch = time.perf_counter()
             _seed_epoch(cfg.seed, epoch, info.rank)
             sampler.set_epoch(epoch)
             model.train()
-            n, loss_sum = len(loader), torch.zeros((), device=self.device)
-            with self.progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}") as bar:
-                for i, (x, y) in enumerate(loader):
-                    first = i - i % cfg.accum_iter
-                    group = min(cfg.accum_iter, n - first)
-                    if i == first:
-                        lr = lr_at_step(step, base_lr=base_lr, total_steps=total, warmup_steps=warmup,
-                                       min_lr=min(cfg.min_lr, base_lr))
-                        for g in optimizer.param_groups:
-                            g["lr"] = lr * g.get("lr_scale", 1.0)
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    if batch_transform is not None:
-                        x, y = batch_transform(x, y)
-                    last_micro = i == first + group - 1
-                    sync = ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext()
-                    with sync:
-                        with self.autocast():
-                            loss = loss_fn(forward(x).float(), y)
-                        scaler.scale(loss / group).backward()
-                    loss_sum += loss.detach() / group
-                    if not last_micro:
-                        continue
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} (epoch {epoch + 1})"
-                                                 "; lower --blr/--lr or use --precision fp32")
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                    bar.update()
-            train_loss = (all_reduce_sum(loss_sum, info) / (info.world_size * steps_per_epoch)).item()
+            train_loss = trainer.train_epoch(loader, loss_of, num_batches=len(loader), epoch=epoch,
+                                             epochs=cfg.epochs, progress=cfg.progress)
             last = self.evaluate(model, val_set)
             best = max(best, last["val_acc1"])
-            record = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss, **last,
-                      "seconds": time.perf_counter() - t_epoch}
+            record = {"epoch": epoch + 1, "step": trainer.step, "lr": schedule.lr_at(trainer.step - 1),
+                      "train_loss": train_loss, **last, "seconds": time.perf_counter() - t_epoch}
             self.log(record)
             if info.is_main and cfg.progress:
                 tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             self.save(CHECKPOINT_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scaler": scaler.state_dict(), "epoch": epoch + 1, "step": step,
-                                        "best_val_acc1": best, "last": last})
-        return {**last, "best_val_acc1": best, "steps": step, "effective_batch": effective, "lr": base_lr}
+                                        "scaler": trainer.scaler.state_dict(), "epoch": epoch + 1,
+                                        "step": trainer.step, "best_val_acc1": best, "last": last})
+        return {**last, "best_val_acc1": best, "steps": trainer.step, "effective_batch": schedule.effective_batch,
+                "lr": schedule.lr}

@@ -1,0 +1,208 @@
+"""The one training loop: pretraining, the linear probe and fine-tuning all step through ``Trainer.train_epoch``.
+
+One optimizer step = ``accum_iter`` micro-batches. Within an epoch of ``n`` micro-batches the last group may be
+shorter (``n % accum_iter``); it still steps, with its loss divided by its own length so the gradient is a mean.
+Under DDP only the last micro-batch of a group synchronises gradients (``no_sync`` for the others). The learning
+rate is a pure function of the optimizer step (``lr_at_step``), set before each step on every parameter group times
+the group's ``lr_scale`` (layer-wise decay); a checkpoint's step number is all the schedule needs to resume exactly.
+A non-finite loss, averaged over the processes so all of them take the same decision, stops the loop before the
+step is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .distributed import DistInfo, all_reduce_sum
+
+__all__ = ["PRECISIONS", "NonFiniteLossError", "Schedule", "Trainer", "autocast", "lr_at_step", "resolve_precision",
+           "scaled_lr"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or, after a step, the weights) became NaN or infinite; the run stopped without applying it."""
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a CUDA device that supports it, else fp32; anything else as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for a resolved precision (a no-op for fp32)."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def scaled_lr(base_lr: float, effective_batch: int) -> float:
+    """The paper's linear scaling rule: ``lr = base_lr * effective_batch / 256`` (Sec. A.1)."""
+    if effective_batch <= 0:
+        raise ValueError(f"effective_batch must be positive, got {effective_batch!r}")
+    return base_lr * effective_batch / 256
+
+
+def lr_at_step(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then half-cycle cosine.
+
+    Warm-up reaches ``base_lr`` on its last step (``base_lr * (step + 1) / warmup_steps``), so no step is wasted at
+    lr 0; then the cosine decays from ``base_lr`` at ``warmup_steps`` towards ``min_lr`` at ``total_steps``.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step!r}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps!r}")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = total_steps - warmup_steps
+    progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's optimisation plan: the peak lr from the effective batch, and the steps of warm-up and in total."""
+
+    lr: float
+    min_lr: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    effective_batch: int
+
+    @classmethod
+    def plan(cls, *, batches_per_epoch: int, accum_iter: int, batch_size: int, world_size: int, epochs: int,
+             warmup_epochs: float, blr: float, lr: float | None, min_lr: float) -> Schedule:
+        """``lr`` wins over ``blr``; the last, shorter accumulation group of an epoch still steps."""
+        steps_per_epoch = math.ceil(batches_per_epoch / accum_iter)
+        effective_batch = batch_size * accum_iter * world_size
+        peak = lr if lr is not None else scaled_lr(blr, effective_batch)
+        return cls(peak, min(min_lr, peak), steps_per_epoch, epochs * steps_per_epoch,
+                   round(warmup_epochs * steps_per_epoch), effective_batch)
+
+    def lr_at(self, step: int) -> float:
+        return lr_at_step(step, base_lr=self.lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                          min_lr=self.min_lr)
+
+
+@dataclass
+class Trainer:
+    """A model, its optimizer and scaler, and the step counter the epochs advance.
+
+    Args:
+        model: the module whose weights train (unwrapped: what checkpoints save).
+        optimizer: its optimizer; each param group may carry an ``lr_scale``.
+        schedule: the lr plan.
+        info: the process group (DDP wraps ``model`` when it has several processes).
+        precision: a resolved precision ("fp32", "bf16", "fp16"; fp16 adds a grad scaler).
+        accum_iter: micro-batches per optimizer step.
+        compile: ``torch.compile`` the (wrapped) model.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    info: DistInfo
+    precision: str = "fp32"
+    accum_iter: int = 1
+    compile: bool = False
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        device = self.info.device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.ddp = (DDP(self.model, device_ids=[device] if device.type == "cuda" else None)
+                    if self.info.enabled else None)
+        self.forward = self.ddp if self.ddp is not None else self.model  # the model as called
+        if self.compile:
+            self.forward = torch.compile(self.forward)
+
+    def resume(self, optimizer: dict[str, Any], scaler: dict[str, Any], step: int) -> None:
+        """Continue from a checkpoint's optimizer and scaler states and its optimizer step."""
+        self.optimizer.load_state_dict(optimizer)
+        self.scaler.load_state_dict(scaler)
+        self.step = step
+
+    def train_epoch(
+        self,
+        batches: Iterable,
+        loss_of: Callable[[nn.Module, Any], Tensor],
+        *,
+        num_batches: int,
+        epoch: int,
+        epochs: int,
+        progress: bool = False,
+        on_step: Callable[[dict[str, float]], None] | None = None,
+        stop_hint: Callable[[], str] = lambda: "",
+    ) -> float:
+        """One pass over ``batches``; returns the mean loss of its optimizer steps.
+
+        Args:
+            batches: the epoch's micro-batches; each a tuple whose first element is a batch of images.
+            loss_of: ``loss_of(forward, batch)``, the scalar loss of one micro-batch (run under autocast).
+            num_batches: ``len(batches)``: it fixes the accumulation groups.
+            epoch, epochs: this epoch (0-based) and how many the run has, for the progress bar and messages.
+            progress: show a progress bar (on a terminal, on the main process only).
+            on_step: called after every optimizer step with ``{"step", "loss", "lr", "img_per_s"}``.
+            stop_hint: the end of the message when the loss becomes non-finite (e.g. where the last good
+                checkpoint is).
+        """
+        from tqdm.auto import tqdm  # an optional package of the train and eval extras
+
+        info, n = self.info, num_batches
+        bar = tqdm(total=math.ceil(n / self.accum_iter), desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                   dynamic_ncols=True, disable=None if progress and info.is_main else True)  # None: only on a terminal
+        group_loss = torch.zeros((), device=info.device)
+        loss_sum, steps, images, t_step = 0.0, 0, 0, time.perf_counter()
+        for i, batch in enumerate(batches):
+            first = i - i % self.accum_iter
+            group = min(self.accum_iter, n - first)  # micro-batches in this optimizer step
+            if i == first:
+                lr = self.schedule.lr_at(self.step)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+            last_micro = i == first + group - 1
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else contextlib.nullcontext()
+            with no_sync:
+                with autocast(self.precision, info.device):
+                    loss = loss_of(self.forward, batch)
+                self.scaler.scale(loss / group).backward()
+            group_loss += loss.detach().float()
+            images += batch[0].shape[0] * info.world_size
+            if not last_micro:
+                continue
+            # Every process takes the same decision: the loss averaged over processes, checked before stepping.
+            step_loss = (all_reduce_sum(group_loss / group, info) / info.world_size).item()
+            if not math.isfinite(step_loss):
+                bar.close()
+                where = f"optimizer step {self.step + 1} (epoch {epoch + 1}, batch {i + 1} of {n})"
+                raise NonFiniteLossError(f"non-finite loss {step_loss} at {where}; stopping without applying it"
+                                         f"{stop_hint()}. Lower --blr/--lr or use --precision fp32")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            group_loss.zero_()
+            now = time.perf_counter()
+            record = {"step": self.step, "loss": step_loss, "lr": lr, "img_per_s": images / (now - t_step)}
+            t_step, images = now, 0
+            loss_sum, steps = loss_sum + step_loss, steps + 1
+            if on_step is not None:
+                on_step(record)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{record['img_per_s']:.1f}")
+            bar.update()
+        bar.close()
+        return loss_sum / max(steps, 1)

@@ -1,0 +1,14 @@
+"""The pretraining input pipeline: decode, augment, samples from folders or tar shards, batches per process.
+
+* ``decode``: image headers and decoding (DCT-scaled JPEG decoding where it keeps the quality);
+* ``augment``: the paper's random resized crop and flip on uint8 tensors, each sample's masking noise
+  (``MaskingSpec``), all pure functions of (seed, epoch, index);
+* ``datasets``: image folders and the built-in photographs; ``shards``: tar shards; ``make_shards``: the
+  ``mae-make-shards`` command that writes them;
+* ``loader``: what ``--data`` names, turned into this process's batches (``build_data``, ``build_loader``).
+"""
+
+from .augment import MaskingSpec, normalize_on_device
+from .loader import Batches, RunData, build_data, build_loader
+
+__all__ = ["Batches", "MaskingSpec", "RunData", "build_data", "build_loader", "normalize_on_device"]
