@@ -203,7 +203,7 @@ def test_an_unfinished_conversion_is_named_when_refused(mixed_folder, tmp_path, 
 
 
 def test_a_full_disk_is_one_line_and_says_what_is_left(mixed_folder, tmp_path, monkeypatch, capsys):
-    """The converter ends like the other commands (mae.runtime.cli.run_command): no traceback, says what OUT_DIR holds."""
+    """The converter ends like the other commands (mae.runtime.cli.run_command): no traceback, says what is left."""
     written = []
 
     def full_after_one(path, *args):
