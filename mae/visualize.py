@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import functional as MF
+from .functional import patch_mean_std
 from ._checks import check_bool, check_positive_int, check_str
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from .io.atomic import atomic_write
@@ -82,7 +82,7 @@ def _denormalize_patches(pred: Tensor, target: Tensor) -> Tensor:
     Returns:
         (B, L, P) predicted patches in pixel space.
     """
-    mean, std = MF.patch_mean_std(target.float())  # (B, L, 1) each: the loss's own statistics and eps
+    mean, std = patch_mean_std(target.float())  # (B, L, 1) each: the loss's own statistics and eps
     return pred.float() * std + mean
 
 

@@ -1,8 +1,8 @@
 """Loading and saving, one concern per module.
 
-* ``reading``: safe reading of weight files (format from the bytes; pickles only with ``weights_only=True``);
+* ``safe_read``: safe reading of weight files (format from the bytes; pickles only with ``weights_only=True``);
 * ``atomic``: the one atomic writer every file and folder of the project goes through;
-* ``layouts``: which weights a source holds (our folders, official files, Hugging Face, state dicts);
+* ``formats``: which weights a source holds (our folders, official files, Hugging Face, state dicts);
 * ``infer``: the config a state dict describes; ``pos_embed``: position tables for another image size;
 * ``load``: load policy and ``LoadReport``; ``save``: ``save_pretrained``;
 * ``hf``: Hugging Face ViTMAE keys and configs; ``timm`` (import it explicitly): export to timm's ViT.
@@ -15,10 +15,10 @@
 from .atomic import atomic_write
 from .hf import config_from_hf, config_to_hf, hf_to_mae_state_dict, mae_to_hf_state_dict, save_hf
 from .infer import infer_config
-from .layouts import Checkpoint, read_checkpoint
+from .formats import Checkpoint, read_checkpoint
 from .load import LoadReport, from_pretrained, load_checkpoint, load_pretrained
 from .pos_embed import adapt_pos_embed, resize_pos_embed
-from .reading import UnsafeCheckpointError
+from .safe_read import UnsafeCheckpointError
 from .save import save_pretrained
 
 __all__ = [

@@ -22,7 +22,7 @@ from .._checks import check_bool
 from ..config import MAEConfig
 from ..model import MaskedAutoEncoder
 from .infer import check_config_fits, infer_config
-from .layouts import Checkpoint, read_checkpoint
+from .formats import Checkpoint, read_checkpoint
 from .pos_embed import adapt_pos_embed, source_grid
 
 __all__ = ["LoadReport", "from_pretrained", "load_checkpoint", "load_pretrained"]

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..io.atomic import TEMP_SUFFIX, atomic_write, recover_directory, remove_temporaries, write_json
 from ..io.load import load_checkpoint
-from ..io.reading import read_json, read_weights_file
+from ..io.safe_read import read_json, read_weights_file
 from ..io.save import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from ..model import MaskedAutoEncoder
 from .config import RESUMABLE_FIELDS, TrainConfig
@@ -242,7 +242,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def read_train_checkpoint(path: str | os.PathLike) -> TrainCheckpoint:
     """Read a checkpoint written by ``write_train_checkpoint`` (tensors on the CPU), with errors naming the bad file.
 
-    Nothing is unpickled beyond plain tensors and containers (``mae.io.reading``).
+    Nothing is unpickled beyond plain tensors and containers (``mae.io.safe_read``).
     """
     directory = resolve_checkpoint(path)
     missing = [name for name in _FILES if not (directory / name).is_file()]

@@ -6,7 +6,7 @@ as ``/data/train-{0000..0099}.tar``, or several of these joined by ``::``.
 
 Batches travel as uint8 (pinned on CUDA); the training step normalises them on its device with
 ``normalize_on_device``. ``Batches`` also measures how long the training loop waited for each batch: its share of the
-epoch is the data-wait fraction in the epoch summary (the README says how to size ``--num-workers`` from it).
+epoch is the data-wait fraction in the epoch summary (docs/pretraining.md says how to size ``--num-workers`` from it).
 """
 
 from __future__ import annotations

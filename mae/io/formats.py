@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..config import MAEConfig
 from .hf import config_from_hf, hf_to_mae_state_dict, is_hf_state_dict
-from .reading import read_json, read_weights_file
+from .safe_read import read_json, read_weights_file
 from .save import CONFIG_NAME, FORMAT_TAG, WEIGHTS_NAME
 
 __all__ = ["Checkpoint", "read_checkpoint"]
