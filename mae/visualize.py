@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .functional import patch_mean_std
 from ._checks import check_bool, check_positive_int, check_str
 from .config import IMAGENET_MEAN, IMAGENET_STD
+from .functional import patch_mean_std
 from .io.atomic import atomic_write
 from .model import MaskedAutoEncoder
 

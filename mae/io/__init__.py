@@ -13,9 +13,9 @@
 """
 
 from .atomic import atomic_write
+from .formats import Checkpoint, read_checkpoint
 from .hf import config_from_hf, config_to_hf, hf_to_mae_state_dict, mae_to_hf_state_dict, save_hf
 from .infer import infer_config
-from .formats import Checkpoint, read_checkpoint
 from .load import LoadReport, from_pretrained, load_checkpoint, load_pretrained
 from .pos_embed import adapt_pos_embed, resize_pos_embed
 from .safe_read import UnsafeCheckpointError

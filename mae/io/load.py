@@ -21,8 +21,8 @@ from torch import Tensor
 from .._checks import check_bool
 from ..config import MAEConfig
 from ..model import MaskedAutoEncoder
-from .infer import check_config_fits, infer_config
 from .formats import Checkpoint, read_checkpoint
+from .infer import check_config_fits, infer_config
 from .pos_embed import adapt_pos_embed, source_grid
 
 __all__ = ["LoadReport", "from_pretrained", "load_checkpoint", "load_pretrained"]
