@@ -38,7 +38,7 @@ def test_knn_cli_on_the_builtin_digits(tmp_path, capsys):
     assert config["k"] == 20 and config["temperature"] == 0.07 and config["batch_size"] == 256
     # The same folder again is refused (nothing is overwritten).
     assert knn_main(["--model", "mae_vit_test", "--output-dir", str(tmp_path), "--name", "d"]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds this knn run" in capsys.readouterr().err
 
 
 def _error(main, argv, capsys) -> str:

@@ -95,8 +95,10 @@ def test_resume_is_exact(protocol, toy, tmp_path, monkeypatch):
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
     assert resumed["val_loss"] == straight["val_loss"]
-    with pytest.raises(ValueError, match="already finished"):
-        run(cfg, resume=tmp_path / "cut")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir()}
+    again = run(cfg, resume=tmp_path / "cut")  # a finished run: its results, nothing rewritten
+    assert again["val_acc1"] == resumed["val_acc1"] and again["seconds"] == resumed["seconds"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir()} == before
     with pytest.raises(ValueError, match="cannot change"):
         run(cfg.replace(seed=5), resume=tmp_path / "cut")
 

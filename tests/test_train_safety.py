@@ -13,9 +13,9 @@ from test_train_run import tiny_args, tiny_config, write_images
 import mae.train.engine as engine
 from mae import create_model
 from mae.io.atomic import TEMP_SUFFIX
+from mae.runtime.run_folder import RunLock
 from mae.train import NonFiniteLossError, pretrain, read_train_checkpoint, write_train_checkpoint
 from mae.train.cli import main
-from mae.train.run import RunLock
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_overwrite_deletes_only_a_run_of_ours(tmp_path, data, capsys):
 
 
 def test_two_runs_cannot_share_a_folder(tmp_path, data, capsys):
-    with RunLock(tmp_path / "runs" / "t"):  # another process running under the same name
+    with RunLock(tmp_path / "runs" / "t", "mae-pretrain"):  # another process running under the same name
         assert main(tiny_args(tmp_path, data)) == 2
     assert "another mae-pretrain process is running" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "t" / "checkpoints").exists()

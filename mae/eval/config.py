@@ -19,6 +19,7 @@ from ..runtime.cli import CommandConfig, slug
 from ..runtime.cli import option as _opt
 from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS
+from ..runtime.run_folder import check_run_name
 from .features import POOLS
 
 __all__ = ["EvalConfig", "FinetuneConfig", "KNNConfig", "LinProbeConfig", "RESUMABLE_FIELDS"]
@@ -79,6 +80,7 @@ class EvalConfig(CommandConfig):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
+        check_run_name(self.name)
         if check_finite(self.crop_pct, "crop_pct") <= 0.0 or self.crop_pct > 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
         check_bool(self.progress, "progress")
@@ -102,7 +104,7 @@ class EvalConfig(CommandConfig):
         if self.name:
             return self.name
         data = "digits" if self.data is None else slug(self.data, "data")
-        encoder = self.model or (slug(self.checkpoint, "model") if self.checkpoint else "model")
+        encoder = self.model or (_checkpoint_label(self.checkpoint) if self.checkpoint else "model")
         return f"{self.protocol}-{data}-{encoder}"
 
     @classmethod
@@ -112,6 +114,15 @@ class EvalConfig(CommandConfig):
             return f"{cls.DIGITS.get(field.name, 'resolved')} on the digits, {cls.PAPER.get(field.name, 'resolved')} " \
                    "with --data"
         return str(field.default)
+
+
+def _checkpoint_label(path: str) -> str:
+    """A checkpoint's name in default run names: a mae-pretrain checkpoint (``runs/<run>/checkpoints/last``) is
+    ``<run>-last``, so the checkpoints of different runs get different evaluation folders; anything else its name."""
+    parts = os.path.normpath(os.path.abspath(os.path.expanduser(path))).split(os.sep)
+    if len(parts) >= 3 and parts[-2] == "checkpoints":
+        return slug(f"{parts[-3]}-{parts[-1]}", "model")
+    return slug(path, "model")
 
 
 def _large(embed_dim: int) -> bool:

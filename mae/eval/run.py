@@ -11,6 +11,7 @@ runs identically whether the run went through or was resumed before it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ..io.atomic import atomic_write, write_json
+from ..io.safe_read import read_json
 from ..model import MaskedAutoEncoder
 from ..runtime.distributed import (
     DistInfo,
@@ -39,6 +41,7 @@ from ..runtime.distributed import (
     shutdown,
 )
 from ..runtime.loop import Schedule, Trainer, autocast, resolve_precision
+from ..runtime.run_folder import LOCK_FILE, RunLock
 from .config import RESUMABLE_FIELDS, EvalConfig
 from .encoder import load_encoder
 
@@ -69,6 +72,38 @@ def load_resume(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+# What an evaluation run writes in its folder; a folder holding only the first three (an attempt that stopped before
+# saving any work) is started over, anything else is refused.
+_OURS_UNSAVED = {CONFIG_FILE, METRICS_FILE, LOCK_FILE}
+_SAVED_WORK = (RESULTS_FILE, CHECKPOINT_FILE, FEATURES_FILE)
+
+
+def _refusal(run_dir: Path, config: EvalConfig) -> str | None:
+    """Why a new run may not start in ``run_dir`` (None: it may). Nothing is ever deleted here."""
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        return f"output path {str(run_dir)!r} exists and is not a directory"
+    entries = {p.name for p in run_dir.iterdir()}
+    if entries <= _OURS_UNSAVED:
+        return None
+    if any(name in entries for name in _SAVED_WORK):
+        try:
+            earlier = read_json(run_dir / CONFIG_FILE)
+        except (OSError, ValueError):
+            earlier = {}
+        same = all(earlier.get(k) == getattr(config, k) for k in ("protocol", "checkpoint", "model", "data"))
+        if same:
+            return (f"output folder {str(run_dir)!r} already holds this {config.protocol} run; see or continue it "
+                    f"with --resume {run_dir}, or start another with --name (nothing is deleted)")
+        encoder = earlier.get("checkpoint") or earlier.get("model") or "another encoder"
+        return (f"output folder {str(run_dir)!r} holds a run of {encoder} on {earlier.get('data') or 'the digits'}; "
+                "pick another --name or --output-dir (nothing is deleted)")
+    return (f"output folder {str(run_dir)!r} is not empty and does not hold an evaluation run "
+            f"({', '.join(sorted(entries - _OURS_UNSAVED)[:3])}); pick another --name or --output-dir (nothing is "
+            "deleted)")
+
+
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Seed torch, NumPy (timm's mixup) and Python from (seed, epoch, rank)."""
     s = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
@@ -88,13 +123,24 @@ class Run:
     precision: str
     t0: float
 
+    finished: dict[str, Any] | None = None  # the results of a finished run given to --resume
+
     @classmethod
     def execute(cls, config: EvalConfig, resume: str | os.PathLike | None, body: Callable[..., dict[str, Any]],
                 *args: Any) -> dict[str, Any]:
-        """Start the run, ``body(run, *args)``, and leave the process group whatever happens: every protocol's frame."""
+        """Start the run, ``body(run, *args)``, and leave the process group whatever happens: every protocol's frame.
+
+        The main process holds the run folder's lock throughout. ``--resume`` of a finished run prints its results
+        and writes nothing.
+        """
         run = cls.start(config, resume)
         try:
-            return body(run, *args)
+            with contextlib.ExitStack() as held:
+                if run.info.is_main:
+                    held.enter_context(RunLock(run.run_dir, f"mae-{config.protocol}"))
+                if run.finished is not None:
+                    return run.report(run.finished, finished=True)
+                return body(run, *args)
         finally:
             shutdown(run.info)
 
@@ -103,6 +149,7 @@ class Run:
         """Check the output folder and the checkpoint to resume, then join the process group (nothing written yet)."""
         ckpt = load_resume(resume) if resume is not None else None
         run_dir = Path(config.output_dir).expanduser() / config.run_name
+        finished = None
         if ckpt is not None:
             if ckpt["protocol"] != config.protocol:
                 raise ValueError(f"--resume {ckpt['path']!r} is a {ckpt['protocol']} run, not {config.protocol}")
@@ -116,18 +163,20 @@ class Run:
                                  f"{sorted(RESUMABLE_FIELDS)} may differ")
             config = saved.replace(**{f: v for f, v in given.items() if f in RESUMABLE_FIELDS})
             run_dir = Path(ckpt["path"]).parent
+            if (run_dir / RESULTS_FILE).is_file():
+                finished = read_json(run_dir / RESULTS_FILE)
         info = init_distributed(config.device)
         try:
             # Every process looks before any writes (the barrier), so all of them see the same folder.
-            taken = ckpt is None and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+            refusal = _refusal(run_dir, config) if ckpt is None else None
             barrier(info)
-            if taken:
-                raise ValueError(f"output folder {str(run_dir)!r} exists and is not empty; continue that run with "
-                                 f"--resume {run_dir}, or pick another --name or --output-dir (nothing is deleted)")
+            if refusal:
+                raise ValueError(refusal)
         except BaseException:
             shutdown(info)
             raise
-        return cls(config, info, run_dir, ckpt, resolve_precision(config.precision, info.device), time.perf_counter())
+        return cls(config, info, run_dir, ckpt, resolve_precision(config.precision, info.device), time.perf_counter(),
+                   finished)
 
     def load_encoder(
         self, given: MaskedAutoEncoder | None, *, on_device: bool = True
@@ -139,10 +188,12 @@ class Run:
                             device=self.device if on_device else None)
 
     def begin(self, config: EvalConfig, extra: dict[str, Any]) -> None:
-        """Create the folder and write the resolved config (rank 0), once the inputs are known to be valid."""
+        """Write the resolved config (rank 0), once the inputs are known to be valid. What an earlier attempt of
+        this run left without saving any work (``_refusal`` allowed it) is replaced."""
         self.config = config
+        if self.info.is_main and self.resumed is None:
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             resolved = {"protocol": config.protocol, **config.to_dict(), "precision_used": self.precision,
                         "world_size": self.info.world_size, "device_used": str(self.info.device), **extra}
             write_json(self.run_dir / CONFIG_FILE, resolved)
@@ -177,9 +228,15 @@ class Run:
                    "run_dir": str(self.run_dir)}
         if self.info.is_main:
             write_json(self.run_dir / RESULTS_FILE, results)
+        return self.report(results)
+
+    def report(self, results: dict[str, Any], *, finished: bool = False) -> dict[str, Any]:
+        """Print the summary line (main process) and return ``results``."""
+        if self.info.is_main:
             acc5 = f"  val_acc5 {results['val_acc5']:.2f}%" if "val_acc5" in results else ""
-            tqdm.write(f"mae-{self.config.protocol}: val_acc1 {results['val_acc1']:.2f}%{acc5}  "
-                       f"({results['seconds']:.1f} s)  {self.run_dir / RESULTS_FILE}")
+            seconds = "finished earlier, nothing rewritten" if finished else f"{results['seconds']:.1f} s"
+            tqdm.write(f"mae-{self.config.protocol}: val_acc1 {results['val_acc1']:.2f}%{acc5}  ({seconds})  "
+                       f"{self.run_dir / RESULTS_FILE}")
         return results
 
     # ------------------------------------------------------------------ data

@@ -16,6 +16,7 @@ from ..runtime.cli import CommandConfig, require_extra, slug
 from ..runtime.cli import option as _opt
 from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS
+from ..runtime.run_folder import check_run_name
 
 __all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "PAPER_DEFAULTS", "PAPER_MODEL", "RESUMABLE_FIELDS", "TRAIN_EXTRA",
            "TrainConfig", "require_train_extra", "source_defaults"]
@@ -139,6 +140,7 @@ class TrainConfig(CommandConfig):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
+        check_run_name(self.name)
 
     def _check_counts(self) -> None:
         for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",

@@ -24,12 +24,12 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from ..runtime.distributed import DistInfo, barrier, init_distributed, shutdown
 from ..runtime.loop import NonFiniteLossError, Schedule, Trainer, resolve_precision
+from ..runtime.run_folder import RunLock
 from .config import TrainConfig, require_train_extra
 from .data import Batches, build_data, build_loader, normalize_on_device
 from .report import MetricsLog, finish_run, require_tensorboard
 from .run import (
     METRICS_FILE,
-    RunLock,
     TrainCheckpoint,
     capture_rng_state,
     check_not_older,
@@ -133,7 +133,7 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
     with contextlib.ExitStack() as held:
         # Inputs are valid: only now is the run folder created (or, with --overwrite, the previous run deleted).
         if info.is_main:
-            held.enter_context(RunLock(run_dir))
+            held.enter_context(RunLock(run_dir, "mae-pretrain"))
             prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
         barrier(info)
         trainer, start_epoch = _build_trainer(config, info, len(loader), ckpt)

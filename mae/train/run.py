@@ -22,7 +22,6 @@ kept checkpoint older than the run's ``last`` is resumed only when the user asks
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import re
@@ -39,18 +38,19 @@ from ..io.load import load_checkpoint
 from ..io.safe_read import read_json, read_weights_file
 from ..io.save import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 from ..model import MaskedAutoEncoder
+from ..runtime.run_folder import LOCK_FILE
 from .config import RESUMABLE_FIELDS, TrainConfig
 
 __all__ = [
     "CONFIG_FILE", "HELDOUT_IMAGES_FILE", "METRICS_FILE", "MODEL_FILE", "RUN_CONFIG_FILE", "RUN_FORMAT", "STATE_FILE",
-    "SUMMARY_FILE", "RunLock", "TrainCheckpoint", "capture_rng_state", "check_not_older", "check_resumable",
+    "SUMMARY_FILE", "TrainCheckpoint", "capture_rng_state", "check_not_older", "check_resumable",
     "check_run_dir", "keep_train_checkpoint", "prepare_run_dir", "read_train_checkpoint", "resolve_checkpoint",
     "restore_rng_state", "run_dir_of", "saved_run_config", "write_run_config", "write_train_checkpoint",
 ]
 
 # ---------------------------------------------------------------------------------------------- the run folder
 
-RUN_CONFIG_FILE, METRICS_FILE, LOCK_FILE = "train_config.json", "metrics.jsonl", ".lock"
+RUN_CONFIG_FILE, METRICS_FILE = "train_config.json", "metrics.jsonl"
 SUMMARY_FILE, HELDOUT_IMAGES_FILE = "summary.json", "heldout_images.pt"
 RUN_FORMAT = "mae-pretrain-run"
 _RUN_MARKERS = (RUN_CONFIG_FILE, METRICS_FILE, "checkpoints")
@@ -122,33 +122,6 @@ def prepare_run_dir(run_dir: Path, *, resuming: bool, overwrite: bool) -> None:
 def write_run_config(run_dir: Path, resolved: dict[str, Any]) -> Path:
     """Write ``train_config.json`` (the run's config and resolved values), marked as a run of ours."""
     return write_json(run_dir / RUN_CONFIG_FILE, {"format": RUN_FORMAT, **resolved})
-
-
-class RunLock:
-    """An exclusive lock on ``<run_dir>/.lock`` for the duration of a run (released by the OS if the process dies)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ValueError(
-                f"another mae-pretrain process is running in {str(self.run_dir)!r} (it holds {LOCK_FILE}); wait for "
-                "it to finish or pick another --name"
-            ) from None
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
