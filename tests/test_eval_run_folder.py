@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mae.eval import KNNConfig
-from mae.eval.cli import knn_main
+from mae.eval.cli import finetune_main, knn_main
 from mae.runtime.run_folder import RunLock
 
 KNN = ["--model", "mae_vit_test", "--no-progress", "--batch-size", "512"]
@@ -61,3 +61,23 @@ def test_a_folder_of_someone_else_is_never_used(tmp_path, capsys):
     assert knn_main([*KNN, "--output-dir", str(tmp_path), "--name", "d"]) == 2
     assert "does not hold an evaluation run (notes.txt)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag, value", [("--smoothing", "1.5"), ("--mixup", "nan"), ("--weight-decay", "inf"),
+                                         ("--warmup-epochs", "nan"), ("--auto-augment", "rand-x9"),
+                                         ("--auto-augment", "bogus"), ("--drop-path", "1.0"), ("--reprob", "-0.1")])
+def test_evaluation_settings_are_checked_like_pretrainings(tmp_path, capsys, flag, value):
+    assert finetune_main(["--model", "mae_vit_test", flag, value, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag.lstrip("-").replace("-", "_") in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("flag, value, says", [("--temperature", "inf", "temperature must be a finite number"),
+                                               ("--temperature", "0", "temperature must be positive"),
+                                               ("--k", "5000", "k=5000 neighbours cannot be found among the 1438")])
+def test_knn_settings_are_checked(tmp_path, capsys, flag, value, says):
+    assert knn_main([*KNN, flag, value, "--output-dir", str(tmp_path), "--name", "d"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert not (tmp_path / "d" / "config.json").exists()

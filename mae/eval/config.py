@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
 from .._checks import check_bool, check_finite, check_non_negative_int, check_positive_int, check_str
 from ..config import list_models
 from ..runtime.cli import CommandConfig, slug
@@ -125,6 +127,19 @@ def _checkpoint_label(path: str) -> str:
     return slug(path, "model")
 
 
+def _check_auto_augment(spec: str) -> None:
+    """An augmentation policy timm knows ('none' switches it off): built once here, so a typo fails before the run."""
+    if spec.lower() == "none":
+        return
+    build = (rand_augment_transform if spec.startswith("rand") else
+             augment_and_mix_transform if spec.startswith("augmix") else auto_augment_transform)
+    try:
+        build(spec, {})
+    except (AssertionError, ValueError, KeyError, IndexError) as err:
+        raise ValueError(f"auto_augment {spec!r} is not a timm augmentation policy ({err or 'malformed'}); expected "
+                         "e.g. 'rand-m9-mstd0.5-inc1' (the paper's), 'augmix-m5', 'original' or 'none'") from None
+
+
 def _large(embed_dim: int) -> bool:
     """ViT-L and ViT-H (width 1024 and 1280) take the L/H values of the recipes; everything narrower B's."""
     return embed_dim >= 1024
@@ -223,7 +238,7 @@ class FinetuneConfig(_Trained):
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
         if self.batch_size is not None and self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0):
             raise ValueError(f"batch_size must be even with mixup/cutmix (pairs are mixed), got {self.batch_size}")
-        check_str(self.auto_augment, "auto_augment")
+        _check_auto_augment(check_str(self.auto_augment, "auto_augment"))
 
     def size_defaults(self, embed_dim: int) -> dict[str, Any]:
         large = _large(embed_dim)

@@ -93,6 +93,9 @@ def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     img_size = encoder.config.img_size[0]
     tf = eval_transform(img_size, cfg.crop_pct)
     data = load_data(cfg.data, img_size, tf, tf)
+    if cfg.k > len(data.train):
+        raise ValueError(f"k={cfg.k} neighbours cannot be found among the {len(data.train)} training images; pass "
+                         f"--k {len(data.train)} or fewer")
     run.begin(cfg, {"encoder": source, "data_description": data.description, "num_classes": data.num_classes})
     cached = run.resumed.get("features") if run.resumed is not None else None
     if cached is None:
