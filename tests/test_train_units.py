@@ -106,6 +106,26 @@ def test_defaults_follow_the_data_source():
     assert TrainConfig(data="d", epochs=3, warmup_epochs=1).epochs == 3
 
 
+def test_a_shorter_run_keeps_the_recipes_warmup_fraction():
+    """--epochs 3 with --data runs (the paper's 40 of 800 warm-up epochs would not fit): 5% of it warms up."""
+    assert TrainConfig(data="d", epochs=3).warmup_epochs == pytest.approx(3 * 40 / 800)
+    assert TrainConfig(data="d", epochs=1600).warmup_epochs == 40.0  # longer runs keep the recipe's 40
+    assert TrainConfig(epochs=1).warmup_epochs == 0.5  # the demo: 1 of its 2 epochs
+    assert TrainConfig(data="d", epochs=3, warmup_epochs=2).warmup_epochs == 2  # given: kept
+
+
+def test_paths_in_the_recipe_are_absolute_so_resume_works_from_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = TrainConfig(data="photos")
+    assert relative.data == str(tmp_path.resolve() / "photos")
+    assert TrainConfig(data=str(tmp_path / "photos")) == relative  # the same folder by another path: one recipe
+    monkeypatch.chdir("/")
+    assert TrainConfig.from_dict(relative.to_dict()).data == relative.data
+    shards = TrainConfig(data=f"{tmp_path}/a-{{0..1}}.tar::https://host/b.tar")
+    assert shards.data == f"{tmp_path.resolve()}/a-{{0..1}}.tar::https://host/b.tar"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

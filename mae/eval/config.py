@@ -17,7 +17,7 @@ from timm.data.auto_augment import augment_and_mix_transform, auto_augment_trans
 
 from .._checks import check_bool, check_finite, check_non_negative_int, check_positive_int, check_str
 from ..config import list_models
-from ..runtime.cli import CommandConfig, slug
+from ..runtime.cli import CommandConfig, absolute_paths, slug
 from ..runtime.cli import option as _opt
 from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS
@@ -73,6 +73,8 @@ class EvalConfig(CommandConfig):
         if self.checkpoint is not None and self.model is not None:
             raise ValueError(f"give --checkpoint or --model, not both (got {self.checkpoint!r} and {self.model!r})")
         _check_optional(self, ("checkpoint", "model", "data", "name"), check_str)
+        for name in ("checkpoint", "data"):
+            object.__setattr__(self, name, absolute_paths(getattr(self, name)))
         _check_optional(self, ("img_size", "patch_size", "epochs", "batch_size"), check_positive_int)
         _check_optional(self, ("num_workers",), check_non_negative_int)
         check_non_negative_int(self.seed, "seed")

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import re
 import sys
 import typing
@@ -31,8 +32,8 @@ from typing import Any
 
 from ..config import replace_fields
 
-__all__ = ["CommandConfig", "MissingExtraError", "build_parser", "option", "parsed_fields", "require_extra",
-           "run_command", "slug"]
+__all__ = ["CommandConfig", "MissingExtraError", "absolute_paths", "build_parser", "option", "parsed_fields",
+           "require_extra", "run_command", "slug"]
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 (argparse's word)
@@ -78,6 +79,16 @@ def require_extra(extra: str, packages: dict[str, str], what: str) -> None:
     if missing:
         raise MissingExtraError(f"{what} needs the {extra} extra ({', '.join(missing)} could not be imported): "
                                 f"pip install 'mae-pytorch[{extra}]'")
+
+
+def absolute_paths(spec: str | None) -> str | None:
+    """A path, or several joined by '::', made absolute (symlinks resolved) once, when a run's settings are made:
+    the run's recipe then names the same files from any working directory, and one file given by two paths is one
+    recipe. URLs and None are left as they are."""
+    if spec is None:
+        return None
+    return "::".join(part if not part or "://" in part else os.path.realpath(os.path.expanduser(part))
+                     for part in str(spec).split("::"))
 
 
 def slug(text: str, fallback: str) -> str:

@@ -7,12 +7,13 @@ effective batch, device, precision) are resolved by the engine and saved next to
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from .._checks import check_bool, check_finite, check_non_negative_int, check_positive_int
 from ..config import MASKINGS, MAEConfig, list_models
-from ..runtime.cli import CommandConfig, require_extra, slug
+from ..runtime.cli import CommandConfig, absolute_paths, require_extra, slug
 from ..runtime.cli import option as _opt
 from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS
@@ -96,7 +97,8 @@ class TrainConfig(CommandConfig):
     batch_size: int | None = _opt(None, "images per process per micro-step (paper: 64 on each of 8 GPUs x accum 8)")
     accum_iter: int = _opt(1, "micro-steps per optimizer step (effective batch = batch * accum * world size)")
     epochs: int | None = _opt(None, "epochs to train in total")
-    warmup_epochs: float | None = _opt(None, "epochs of linear warm-up (per iteration)")
+    warmup_epochs: float | None = _opt(None, "epochs of linear warm-up (per iteration); with a shorter --epochs than "
+                                             "the recipe's, the recipe's fraction of it once its warm-up would not fit")
     blr: float | None = _opt(None, "base learning rate; lr = blr * effective_batch / 256")
     lr: float | None = _opt(None, "absolute learning rate (overrides --blr)")
     min_lr: float = _opt(0.0, "floor of the cosine decay")
@@ -127,9 +129,18 @@ class TrainConfig(CommandConfig):
     def __post_init__(self) -> None:
         if self.model is not None and self.model not in list_models():
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(list_models())}")
+        if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
+            raise TypeError(f"data must be a folder path, shards or None (the built-in photographs), got {self.data!r}")
         if self.data is not None and not str(self.data).strip():
             raise ValueError("data must be a folder path or None (the built-in photographs), got an empty string")
-        for name, value in source_defaults(self.data, self.model).items():
+        object.__setattr__(self, "data", absolute_paths(self.data))
+        defaults = source_defaults(self.data, self.model)
+        if self.warmup_epochs is None and self.epochs is not None:
+            # A shorter run than the recipe's keeps the recipe's warm-up fraction once its warm-up would not fit.
+            fraction = defaults["warmup_epochs"] / defaults["epochs"]
+            defaults["warmup_epochs"] = min(defaults["warmup_epochs"], fraction * check_positive_int(self.epochs,
+                                                                                                       "epochs"))
+        for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         self._check_counts()
