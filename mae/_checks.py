@@ -16,26 +16,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "available_bytes",
-    "check_bool",
-    "check_device",
-    "check_divisible",
-    "check_dtype",
-    "check_finite",
-    "check_fits",
-    "check_generator",
-    "check_images",
-    "check_indices",
-    "check_int",
-    "check_mask",
-    "check_mask_args",
-    "check_mask_ratio",
-    "check_non_negative_int",
-    "check_positive_int",
-    "check_shaped",
-    "check_str",
-    "check_tensor",
-    "to_pair",
+    "available_bytes", "check_bool", "check_decoder_inputs", "check_device", "check_divisible", "check_dtype",
+    "check_finite", "check_fits", "check_generator", "check_grid_mask_args", "check_grid_masking", "check_images",
+    "check_indices", "check_int", "check_loss_inputs", "check_mask", "check_mask_args", "check_mask_ratio",
+    "check_masking_args", "check_model_fits", "check_mse_args", "check_noise", "check_non_negative_int",
+    "check_patches", "check_pos_embed_args", "check_positive_int", "check_removes_some", "check_shaped",
+    "check_str", "check_tensor", "check_unpatchify_args", "to_pair",
 ]
 
 
@@ -213,6 +199,16 @@ def check_fits(nbytes: int, what: str, device: torch.device | None) -> None:
                          f"{device or 'cpu'}; choose smaller sizes")
 
 
+def check_model_fits(device_bytes: int, host_bytes: int, what: str, device: torch.device | None) -> None:
+    """Refuse a whole model that cannot fit, before allocating it: ``host_bytes`` (plus the parameters'
+    ``device_bytes`` when they live on the CPU) against the free host memory, and ``device_bytes`` against an
+    accelerator's. Each device's free memory is read once."""
+    on_host = device is None or device.type == "cpu"
+    check_fits(host_bytes + device_bytes * on_host, what, None)
+    if not on_host:
+        check_fits(device_bytes, what, device)
+
+
 def check_images(imgs: Any, in_chans: int, img_size: tuple[int, int], device: torch.device, dtype: torch.dtype,
                  name: str = "imgs") -> Tensor:
     """A model's input batch: floating (B, C, H, W), B >= 1, with the model's channels, size, device and dtype."""
@@ -285,3 +281,132 @@ def check_mask(mask: Any, batch_size: int | None = None, num_patches: int | None
         raise ValueError(f"every row of mask must remove the same number of patches (batches stay rectangular), got "
                          f"rows removing {counts.tolist()}")
     return int(counts[0]) if counts.numel() else 0
+
+
+def check_noise(noise: Any, generator: Any, shape: tuple[int, int], device: torch.device, ref: str) -> None:
+    """A masking call's ``generator`` (None or a torch.Generator) and ``noise``: None, or a real (B, L) tensor of
+    ``shape`` on ``device``, those of the argument ``ref``."""
+    check_generator(generator)
+    if noise is not None and (check_shaped(noise, "noise", shape, device, "(B, L)", ref).is_complex()
+                              or noise.dtype == torch.bool):
+        raise TypeError(f"noise must be a real tensor ranking the patches (small = keep), got dtype {noise.dtype}")
+
+
+def check_masking_args(mask_ratio: Any, noise: Any, generator: Any, masking: Any, mask: Any, *,
+                       shape: tuple[int, int], device: torch.device, training: bool) -> tuple[float | None, int]:
+    """A model call's masking arguments for images of ``shape`` (B, L) patches on ``device`` (the images checked
+    already). Returns ``(mask_ratio, removed)``: the ratio checked (None: the model's default) and, for a user
+    ``mask``, the number of patches each row removes (0 without one). To train, a mask must remove a patch."""
+    check_noise(noise, generator, shape, device, "imgs")
+    if mask is None:
+        return (None if mask_ratio is None else check_mask_ratio(mask_ratio)), 0
+    if noise is not None or masking is not None or mask_ratio is not None:
+        raise ValueError("pass mask alone: it already fixes which patches are removed (and so the ratio)")
+    if check_tensor(mask, "mask", "(B, L)").device != device:
+        raise ValueError(f"mask is on {mask.device} but the model is on {device}; move it with .to()")
+    removed = check_mask(mask, *shape)
+    if removed == shape[1]:
+        raise ValueError(f"mask removes all {removed} patches of every image: it keeps no patch to encode")
+    if training:
+        check_removes_some(mask)
+    return None, removed
+
+
+def check_removes_some(mask: Tensor) -> None:
+    """The MAE loss averages over the removed patches (0 / 0 without one). Reading the mask costs a device sync, so
+    this is skipped inside torch.compile graphs and on the meta device (no values)."""
+    if not torch.compiler.is_compiling() and mask.device.type != "meta" and not bool((mask != 0).any()):
+        raise ValueError("mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
+                         "use mask_ratio > 0")
+
+
+def check_patches(patches: Any, batch_size: int, num_patches: int, device: torch.device) -> Tensor:
+    """Patch indices (B, M), M <= L, int64 positions in [0, L) on ``device``."""
+    if check_tensor(patches, "patches", "(B, M)", ndim=2).shape[0] != batch_size or patches.shape[1] > num_patches:
+        raise ValueError(f"patches must be (B, M) with B = {batch_size} and M <= {num_patches}, got "
+                         f"{tuple(patches.shape)}")
+    return check_indices(patches, "patches", num_patches, device)
+
+
+def check_decoder_inputs(latent: Any, ids_restore: Any, patches: Any, embed_dim: int, num_patches: int) -> None:
+    """A decoder's inputs: latent (B, 1+K, D) with K <= L, ids_restore (B, L) and optional patches (B, M)."""
+    D, L = embed_dim, num_patches
+    check_tensor(latent, "latent", f"(B, 1+K, {D})")
+    if latent.ndim != 3 or latent.shape[-1] != D or latent.shape[1] < 1:
+        raise ValueError(f"latent must be (B, 1+K, {D}), got shape {tuple(latent.shape)}")
+    B, N, _ = latent.shape
+    if tuple(check_tensor(ids_restore, "ids_restore", f"(B, L) = ({B}, {L})").shape) != (B, L) or N - 1 > L:
+        raise ValueError(f"ids_restore must be (B, L) = ({B}, {L}) with at most L kept tokens in latent, got "
+                         f"ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}")
+    check_indices(ids_restore, "ids_restore", L, latent.device)
+    if patches is not None:
+        check_patches(patches, B, L, latent.device)
+
+
+def check_loss_inputs(pred: Any, mask: Any, patches: Any, shape: tuple[int, int, int], device: torch.device) -> None:
+    """A loss's inputs for images that patchify to ``shape`` (B, L, P) on ``device``: pred (B, L, P), or (B, M, P)
+    for ``patches`` (B, M); mask (B, L) removing at least one of pred's patches."""
+    B, L, P = shape
+    check_shaped(mask, "mask", (B, L), device, "(B, L)", "imgs")
+    if patches is not None:
+        mask = mask.gather(1, check_patches(patches, B, L, device))  # (B, M)
+    rows = (B, mask.shape[1], P)
+    if not check_shaped(pred, "pred", rows, device, "(B, L, P)", "imgs").is_floating_point():
+        raise TypeError(f"pred must be a floating-point tensor, got dtype {pred.dtype}")
+    check_removes_some(mask)
+
+
+def check_mse_args(pred: Any, target: Any, mask: Any, norm_pix_loss: Any) -> bool:
+    """``masked_mse_loss``'s arguments: floating pred and target (B, L, P), mask (B, L) removing at least one patch,
+    all on pred's device; returns ``norm_pix_loss`` checked."""
+    check_tensor(pred, "pred", "(B, L, P)", ndim=3)
+    check_shaped(target, "target", pred.shape, pred.device, "(B, L, P)", "pred")
+    check_shaped(mask, "mask", pred.shape[:2], pred.device, "(B, L)", "pred")
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise TypeError(f"pred and target must be floating-point tensors, got {pred.dtype} and {target.dtype}")
+    norm_pix_loss = check_bool(norm_pix_loss, "norm_pix_loss")
+    check_removes_some(mask)
+    return norm_pix_loss
+
+
+def check_unpatchify_args(x: Any, patch_size: Any, grid_size: Any,
+                          in_chans: Any) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """``unpatchify``'s arguments: x (B, gh * gw, ph * pw * C). Returns ``((ph, pw), (gh, gw), C)``."""
+    (ph, pw), (gh, gw) = to_pair(patch_size, "patch_size"), to_pair(grid_size, "grid_size")
+    C = check_positive_int(in_chans, "in_chans")
+    if check_tensor(x, "x", "(B, L, P)").ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * C:
+        raise ValueError(f"x must be (B, {gh * gw}, {ph * pw * C}) for grid_size ({gh}, {gw}), patch_size ({ph}, {pw}) "
+                         f"and in_chans {C}, got shape {tuple(x.shape)}")
+    return (ph, pw), (gh, gw), C
+
+
+def check_pos_embed_args(embed_dim: Any, grid_size: Any, cls_token: Any) -> tuple[int, tuple[int, int], bool]:
+    """A sin-cos table's arguments (D divisible by 4), its float64 scratch bounded by the free host memory."""
+    embed_dim, cls_token = check_positive_int(embed_dim, "embed_dim"), check_bool(cls_token, "cls_token")
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
+    gh, gw = to_pair(grid_size, "grid_size")
+    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of grid_size ({gh}, {gw}) and embed_dim "
+               f"{embed_dim}", None)  # float64 scratch + the float32 copy
+    return embed_dim, (gh, gw), cls_token
+
+
+def check_grid_masking(mask_ratio: float, grid_size: tuple[int, int]) -> None:
+    """Grid masking keeps one patch of every 2x2 cell: ratio 0.75 on an even grid only."""
+    if mask_ratio != 0.75:
+        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, so mask_ratio must be 0.75, got "
+                         f"{mask_ratio!r}")
+    if grid_size[0] % 2 or grid_size[1] % 2:
+        raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size {grid_size}")
+
+
+def check_grid_mask_args(batch_size: Any, grid_size: Any, mask_ratio: Any, offset: Any, generator: Any,
+                         device: Any) -> tuple[int, tuple[int, int], tuple[int, int] | None, torch.device | None]:
+    """``grid_mask``'s arguments. Returns ``(B, (gh, gw), offset, device)``."""
+    B, grid_size, ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
+    check_grid_masking(ratio, grid_size)
+    if offset is not None:
+        if type(offset) not in (tuple, list) or list(offset) not in ([0, 0], [0, 1], [1, 0], [1, 1]):
+            raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
+        offset = tuple(check_int(v, "offset") for v in offset)  # 0.0 == 0 and True == 1, but not ints
+    return B, grid_size, offset, device
