@@ -23,15 +23,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def check_masking(masking: Any, mask_ratio: float, grid_size: tuple[int, int]) -> str:
-    """A masking strategy name that can serve ``mask_ratio`` (checked already) on a ``grid_size`` patch grid."""
-    if not isinstance(masking, str) or masking not in MASKINGS:
-        raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}")
-    if masking == "grid":
-        _checks.check_grid_masking(mask_ratio, grid_size)
-    return masking
-
-
 @dataclass(frozen=True)
 class MAEConfig:
     """Everything that defines a Masked Autoencoder. Defaults are the paper's ViT-L/16 (the official class defaults).
@@ -73,7 +64,7 @@ class MAEConfig:
                              f"{min(self.embed_dim, self.decoder_embed_dim)}")
         set_field("norm_pix_loss", _checks.check_bool(self.norm_pix_loss, "norm_pix_loss"))
         set_field("mask_ratio", _checks.check_mask_ratio(self.mask_ratio))
-        check_masking(self.masking, self.mask_ratio, self.grid_size)
+        _checks.check_masking(self.masking, MASKINGS, self.mask_ratio, self.grid_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -139,27 +130,19 @@ PRESETS: dict[str, MAEConfig] = {
     "mae_vit_huge_patch14": MAEConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
     # Ours, for laptops and tests: ViT-Ti / ViT-S encoders (DeiT widths) with a proportionally light decoder
     # (about a third of the encoder width, 4 blocks), keeping the paper's asymmetric design.
-    "mae_vit_tiny_patch16": MAEConfig(
-        patch_size=16, embed_dim=192, depth=12, num_heads=3,
-        decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
-    ),
-    "mae_vit_small_patch16": MAEConfig(
-        patch_size=16, embed_dim=384, depth=12, num_heads=6,
-        decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8,
-    ),
+    "mae_vit_tiny_patch16": MAEConfig(patch_size=16, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128,
+                                      decoder_depth=4, decoder_num_heads=4),
+    "mae_vit_small_patch16": MAEConfig(patch_size=16, embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256,
+                                       decoder_depth=4, decoder_num_heads=8),
     # Ours, the default run's model (mae-pretrain with no argument): ViT-Tiny narrowed to 128 wide and 4 blocks, a
     # 128 x 2 decoder, on a 16 x 16 grid of 4 px patches at 64 px: small enough to learn something in a few CPU
     # minutes; a coarser 8 x 8 grid leaves too little visible context to beat a mean-colour guess in that time.
-    "mae_vit_demo_patch4": MAEConfig(
-        img_size=64, patch_size=4, embed_dim=128, depth=4, num_heads=4,
-        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4,
-    ),
+    "mae_vit_demo_patch4": MAEConfig(img_size=64, patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                                     decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
     # The test-size model (like timm's ``test_vit``): 16 patches of 8x8 on 32 px images, 64 wide, 2 + 2 blocks.
     # Small enough that the whole test suite runs in minutes on two CPU cores; not meant to learn anything.
-    "mae_vit_test": MAEConfig(
-        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
-        decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4,
-    ),
+    "mae_vit_test": MAEConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
+                              decoder_depth=2, decoder_num_heads=4),
 }
 
 

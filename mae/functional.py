@@ -90,13 +90,8 @@ def shuffle_order(ids_restore: Tensor) -> Tensor:
     return torch.argsort(ids_restore, dim=1)
 
 
-def random_masking(
-    x: Tensor,
-    mask_ratio: float,
-    *,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> MaskingOutput:
+def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> MaskingOutput:
     """Per-sample random masking by argsort of uniform noise (Sec. 3, "random sampling").
 
     Each sample draws noise (B, L) in [0, 1); the patches with the smallest noise are kept. Given the same noise the

@@ -37,16 +37,9 @@ class PatchEmbedding(nn.Module):
     Input (B, C, H, W) -> output (B, L, D), tokens row-major over the (gh, gw) grid.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int | tuple[int, int] = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3,
+                 embed_dim: int = 768, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                 ) -> None:
         super().__init__()
         self.img_size, self.patch_size = to_pair(img_size, "img_size"), to_pair(patch_size, "patch_size")
         (H, W), (ph, pw) = self.img_size, self.patch_size
@@ -102,15 +95,8 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (with bias) and PyTorch's SDPA kernel."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         assert dim % num_heads == 0, f"dim={dim} must be divisible by num_heads={num_heads}"
         self.num_heads = num_heads
@@ -142,14 +128,8 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """Two linear layers with an exact (erf) GELU between them."""
 
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, in_features: int, hidden_features: int, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features, device=device, dtype=dtype)
         self.act = nn.GELU()
@@ -162,16 +142,8 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). LayerNorm eps 1e-6."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.norm1 = LayerNorm(dim, **factory)

@@ -25,18 +25,18 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from .config import MAEConfig, check_masking
+from .config import MASKINGS, MAEConfig
 from .functional import (
     _block_mask,
     _grid_mask,
     _mask_to_noise,
     _masked_mse_loss,
+    _num_kept,
     _patchify,
     _random_masking,
     _sincos_pos_embed_2d,
     gather_tokens,
     mask_ratio_for,
-    num_kept,
     patchify,
     restore_sequence,
     shuffle_order,
@@ -65,41 +65,17 @@ class MAEOutput(NamedTuple):
 class MaskedAutoEncoder(nn.Module):
     """ViT encoder on the visible patches + light decoder that reconstructs the pixels of the removed ones.
 
-    Keyword arguments are the official ones; the model is built (every parameter and buffer) on ``device`` with
-    ``dtype``. State-dict keys and shapes equal the release checkpoints', so ``load_state_dict(ckpt['model'])`` works.
-
-    Args:
-        img_size: H or (H, W).
-        patch_size: p or (ph, pw).
-        in_chans: image channels, any number.
-        embed_dim, depth, num_heads: encoder width, blocks, heads.
-        decoder_embed_dim, decoder_depth, decoder_num_heads: decoder width, blocks, heads.
-        mlp_ratio: MLP hidden width over block width.
-        norm_pix_loss: reconstruct per-patch normalised pixels (paper: better features).
-        mask_ratio: default fraction of patches removed, overridable per call.
-        masking: default masking strategy, "random" (the paper's), "block" or "grid" (Table 1f), overridable per call.
-        device, dtype: where and in which floating type the parameters are created.
+    Keyword arguments are the official ones, the fields of ``MAEConfig`` (documented there; ``mask_ratio`` and
+    ``masking`` are defaults that each call may override). The model is built (every parameter and buffer) on
+    ``device`` with ``dtype``. State-dict keys and shapes equal the release checkpoints', so
+    ``load_state_dict(ckpt['model'])`` works.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int | tuple[int, int] = 16,
-        in_chans: int = 3,
-        embed_dim: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = False,
-        mask_ratio: float = 0.75,
-        masking: str = "random",
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3,
+                 embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 norm_pix_loss: bool = False, mask_ratio: float = 0.75, masking: str = "random", *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         cfg = MAEConfig(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
@@ -175,17 +151,8 @@ class MaskedAutoEncoder(nn.Module):
         cfg = self.config
         _checks.check_images(imgs, cfg.in_chans, cfg.img_size, self.device, self.cls_token.dtype)
 
-    def _check_masking(
-        self,
-        imgs: Any,
-        mask_ratio: Any,
-        noise: Any,
-        generator: Any,
-        masking: Any,
-        mask: Any,
-        *,
-        training: bool = False,
-    ) -> tuple[float, Tensor | None]:
+    def _masking_noise(self, imgs: Any, mask_ratio: Any, noise: Any, generator: Any, masking: Any, mask: Any, *,
+                       training: bool = False) -> tuple[float, Tensor | None]:
         """``encoder``'s and ``forward``'s arguments, checked once, as (ratio, noise) for the one argsort masking.
 
         Block, grid and user masks become noise that ranks their kept patches first (``mask_to_noise``); random
@@ -199,10 +166,10 @@ class MaskedAutoEncoder(nn.Module):
         if mask is not None:
             return mask_ratio_for(L, removed), _mask_to_noise(mask, generator)
         ratio = cfg.mask_ratio if ratio is None else ratio
-        if (K := num_kept(L, ratio)) == 0 or (training and K == L):
+        if (K := _num_kept(L, ratio)) == 0 or (training and K == L):
             raise ValueError(f"mask_ratio={ratio} {'keeps' if K == 0 else 'removes'} no patch out of {L}: the encoder "
                              "needs a visible patch, the loss a removed one")
-        strategy = check_masking(cfg.masking if masking is None else masking, ratio, cfg.grid_size)
+        strategy = _checks.check_masking(cfg.masking if masking is None else masking, MASKINGS, ratio, cfg.grid_size)
         if noise is not None or strategy == "random":
             return ratio, noise
         if strategy == "block":
@@ -224,16 +191,9 @@ class MaskedAutoEncoder(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def encoder(
-        self,
-        imgs: Tensor,
-        mask_ratio: float | None = None,
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        masking: str | None = None,
-        mask: Tensor | None = None,
-    ) -> EncoderOutput:
+    def encoder(self, imgs: Tensor, mask_ratio: float | None = None, *, noise: Tensor | None = None,
+                generator: torch.Generator | None = None, masking: str | None = None, mask: Tensor | None = None
+                ) -> EncoderOutput:
         """Mask, embed, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
 
         Args:
@@ -249,7 +209,7 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             ``EncoderOutput(latent (B, 1+K, D), mask (B, L), ids_restore (B, L))``.
         """
-        ratio, noise = self._check_masking(imgs, mask_ratio, noise, generator, masking, mask)
+        ratio, noise = self._masking_noise(imgs, mask_ratio, noise, generator, masking, mask)
         return self._encode(imgs, ratio, noise, generator)
 
     def _encode(self, imgs: Tensor, mask_ratio: float, noise: Tensor | None,
@@ -329,17 +289,9 @@ class MaskedAutoEncoder(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(
-        self,
-        imgs: Tensor,
-        mask_ratio: float | None = None,
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        masking: str | None = None,
-        mask: Tensor | None = None,
-        loss_only: bool = False,
-    ) -> MAEOutput:
+    def forward(self, imgs: Tensor, mask_ratio: float | None = None, *, noise: Tensor | None = None,
+                generator: torch.Generator | None = None, masking: str | None = None, mask: Tensor | None = None,
+                loss_only: bool = False) -> MAEOutput:
         """Encode the visible patches, reconstruct the removed ones, and score them: encoder -> decoder -> loss.
 
         Args:
@@ -352,7 +304,7 @@ class MaskedAutoEncoder(nn.Module):
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
         loss_only = _checks.check_bool(loss_only, "loss_only")
-        ratio, noise = self._check_masking(imgs, mask_ratio, noise, generator, masking, mask, training=True)
+        ratio, noise = self._masking_noise(imgs, mask_ratio, noise, generator, masking, mask, training=True)
         latent, mask, ids_restore = self._encode(imgs, ratio, noise, generator)
         removed = shuffle_order(ids_restore)[:, latent.shape[1] - 1 :] if loss_only else None  # (B, L - K)
         pred = self._decode(latent, ids_restore, removed)
