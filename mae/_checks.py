@@ -369,7 +369,8 @@ def check_pos_embed_args(embed_dim: Any, grid_size: Any, cls_token: Any) -> tupl
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
     gh, gw = to_pair(grid_size, "grid_size")
-    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of {(gh, gw)} x {embed_dim}", None)
+    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of grid_size {(gh, gw)}, embed_dim {embed_dim}",
+               None)  # float64 scratch + the float32 copy
     return embed_dim, (gh, gw), cls_token
 
 
