@@ -114,10 +114,8 @@ class MAEConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> MAEConfig:
-        """The preset ``name`` with ``overrides`` applied.
-
-        Example: ``MAEConfig.from_name('mae_vit_base_patch16', img_size=448)``.
-        """
+        """The preset ``name`` with ``overrides`` applied, e.g.
+        ``MAEConfig.from_name('mae_vit_base_patch16', img_size=448)``."""
         if _checks.check_str(name, "name") not in PRESETS:
             raise ValueError(f"name {name!r} is not a known model; available: {list_models()}")
         return PRESETS[name].replace(**overrides)

@@ -48,8 +48,7 @@ def patchify(imgs: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
 
 
 def _patchify(imgs: Tensor, patch_size: tuple[int, int]) -> Tensor:
-    ph, pw = patch_size
-    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=ph, q=pw)  # (B, L, P)
+    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=patch_size[0], q=patch_size[1])  # (B, L, P)
 
 
 def unpatchify(x: Tensor, patch_size: int | tuple[int, int], grid_size: int | tuple[int, int], in_chans: int) -> Tensor:
@@ -113,8 +112,8 @@ def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
     return _random_masking(x, _checks.check_mask_ratio(mask_ratio), noise, generator)
 
 
-def _random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None, generator: torch.Generator | None
-                    ) -> MaskingOutput:
+def _random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None,
+                    generator: torch.Generator | None) -> MaskingOutput:
     B, L = x.shape[:2]
     K = _num_kept(L, mask_ratio)
     if noise is None:
@@ -261,13 +260,8 @@ def block_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: fl
     no more than are still to remove (it may overlap earlier blocks); after 10 failed placements the remaining
     patches (fewer than a block, typically) are removed at random. Blocks never overshoot, so no trimming is needed.
 
-    Args:
-        grid_size: (gh, gw) patch grid, or one int for a square grid.
-        mask_ratio: fraction removed, in [0, 1); K = int(L * (1 - mask_ratio)) patches stay.
-        generator: torch generator to draw from (torch's global one when None): same state, same masks.
-
-    Returns:
-        float32 (B, L), 1 = removed, row-major over the grid.
+    ``grid_size`` is (gh, gw) or one int; ``generator`` (torch's global one when None): same state, same masks.
+    Returns float32 (B, L), 1 = removed, row-major over the grid.
     """
     return _block_mask(*_checks.check_mask_args(batch_size, grid_size, mask_ratio, generator, device), generator)
 

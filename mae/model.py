@@ -148,8 +148,7 @@ class MaskedAutoEncoder(nn.Module):
         return self.cls_token.device
 
     def _check_images(self, imgs: Any) -> None:
-        cfg = self.config
-        _checks.check_images(imgs, cfg.in_chans, cfg.img_size, self.device, self.cls_token.dtype)
+        _checks.check_images(imgs, self.config.in_chans, self.config.img_size, self.device, self.cls_token.dtype)
 
     def _masking_noise(self, imgs: Any, mask_ratio: Any, noise: Any, generator: Any, masking: Any, mask: Any, *,
                        training: bool = False) -> tuple[float, Tensor | None]:
@@ -186,8 +185,7 @@ class MaskedAutoEncoder(nn.Module):
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """(B, L, P) -> (B, C, H, W), the exact inverse of ``patchify``."""
-        cfg = self.config
-        return unpatchify(x, cfg.patch_size, cfg.grid_size, cfg.in_chans)
+        return unpatchify(x, self.config.patch_size, self.config.grid_size, self.config.in_chans)
 
     # ------------------------------------------------------------------ encoder
 
@@ -217,8 +215,7 @@ class MaskedAutoEncoder(nn.Module):
         visible = _random_masking(_patchify(imgs, self.config.patch_size), mask_ratio, noise, generator)  # (B, K, P)
         x = self.patch_embed.embed_patches(visible.x_kept)  # (B, K, D)
         x = x + self.pos_embed[0, 1:][visible.ids_keep]  # (B, K, D) each token's own position
-        B = x.shape[0]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
         for block in self.blocks:
             x = block(x)
