@@ -380,8 +380,8 @@ def check_masking(masking: Any, choices: tuple[str, ...], mask_ratio: float, gri
     if not isinstance(masking, str) or masking not in choices:
         raise ValueError(f"masking must be one of {list(choices)}, got {masking!r}")
     if masking == "grid" and mask_ratio != 0.75:
-        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, so mask_ratio must be 0.75, got "
-                         f"{mask_ratio!r}")
+        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, i.e. mask_ratio 0.75: mask_ratio must be "
+                         f"0.75, got {mask_ratio!r}")
     if masking == "grid" and (grid_size[0] % 2 or grid_size[1] % 2):
         raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size {grid_size}")
     return masking
