@@ -16,26 +16,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "available_bytes",
-    "check_bool",
-    "check_device",
-    "check_divisible",
-    "check_dtype",
-    "check_finite",
-    "check_fits",
-    "check_generator",
-    "check_images",
-    "check_indices",
-    "check_int",
-    "check_mask",
-    "check_mask_args",
-    "check_mask_ratio",
-    "check_non_negative_int",
-    "check_positive_int",
-    "check_shaped",
-    "check_str",
-    "check_tensor",
-    "to_pair",
+    "available_bytes", "check_bool", "check_decoder_inputs", "check_device", "check_divisible", "check_dtype",
+    "check_finite", "check_fits", "check_generator", "check_grid_mask_args", "check_images", "check_indices",
+    "check_int", "check_loss_inputs", "check_mask", "check_mask_args", "check_mask_ratio", "check_masking",
+    "check_masking_args", "check_model_fits", "check_mse_args", "check_noise", "check_non_negative_int",
+    "check_patches", "check_pos_embed_args", "check_positive_int", "check_removes_some", "check_shaped",
+    "check_str", "check_tensor", "check_unpatchify_args", "to_pair",
 ]
 
 
@@ -213,15 +199,21 @@ def check_fits(nbytes: int, what: str, device: torch.device | None) -> None:
                          f"{device or 'cpu'}; choose smaller sizes")
 
 
+def check_model_fits(device_bytes: int, host_bytes: int, what: str, device: torch.device | None) -> None:
+    """Refuse a model too big for the free memory before allocating it, reading each device's free memory once."""
+    on_host = device is None or device.type == "cpu"
+    check_fits(host_bytes + device_bytes * on_host, what, None)
+    if not on_host:
+        check_fits(device_bytes, what, device)
+
+
 def check_images(imgs: Any, in_chans: int, img_size: tuple[int, int], device: torch.device, dtype: torch.dtype,
                  name: str = "imgs") -> Tensor:
     """A model's input batch: floating (B, C, H, W), B >= 1, with the model's channels, size, device and dtype."""
     check_tensor(imgs, name, "(B, C, H, W)")
     if not imgs.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor, got dtype {imgs.dtype}; "
-            "convert integer images first, e.g. imgs.float() / 255 followed by normalisation"
-        )
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {imgs.dtype}; convert integer images "
+                        "first, e.g. imgs.float() / 255 followed by normalisation")
     if imgs.ndim != 4:
         raise ValueError(f"{name} must have 4 dimensions (B, C, H, W), got {imgs.ndim} with shape {tuple(imgs.shape)}")
     B, C, H, W = imgs.shape
@@ -230,10 +222,8 @@ def check_images(imgs: Any, in_chans: int, img_size: tuple[int, int], device: to
     if C != in_chans:
         raise ValueError(f"{name} has {C} channels but the model expects in_chans={in_chans}")
     if (H, W) != tuple(img_size):
-        raise ValueError(
-            f"{name} has size (H, W) = ({H}, {W}) but the model expects img_size={tuple(img_size)}; "
-            "resize the images or build the model with that img_size"
-        )
+        raise ValueError(f"{name} has size (H, W) = ({H}, {W}) but the model expects img_size={tuple(img_size)}; "
+                         "resize the images or build the model with that img_size")
     if imgs.device != device:
         raise ValueError(f"{name} is on {imgs.device} but the model is on {device}; move it with .to()")
     if imgs.dtype != dtype and not torch.is_autocast_enabled(imgs.device.type):
@@ -245,8 +235,7 @@ def check_images(imgs: Any, in_chans: int, img_size: tuple[int, int], device: to
 
 
 def check_indices(ids: Tensor, name: str, n: int, device: torch.device) -> Tensor:
-    """Integer positions into a sequence of ``n`` on ``device``, for gathers. Their values are read (in [0, n)) on the
-    CPU only, where that costs no device sync; on an accelerator an out-of-range index trips torch's own assert."""
+    """int64 positions in [0, n) on ``device``; the values are read on the CPU only (no device sync)."""
     if ids.dtype != torch.int64:
         raise TypeError(f"{name} must hold int64 positions (torch.long), got dtype {ids.dtype}")
     if ids.device != device:
@@ -260,8 +249,7 @@ def check_indices(ids: Tensor, name: str, n: int, device: torch.device) -> Tenso
 
 def check_mask_args(batch_size: Any, grid_size: Any, mask_ratio: Any, generator: Any,
                     device: Any) -> tuple[int, tuple[int, int], float, torch.device | None]:
-    """The arguments every masking strategy takes, checked, with its (B, L) masks bounded before they are allocated.
-    Returns ``(B, (gh, gw), mask_ratio, device)``."""
+    """Every masking strategy's arguments, its masks bounded by the free memory: ``(B, (gh, gw), ratio, device)``."""
     B, (gh, gw) = check_positive_int(batch_size, "batch_size"), to_pair(grid_size, "grid_size")
     device, _ = check_device(device), check_generator(generator)
     check_fits(8 * B * gh * gw, f"masks for batch_size {B} and grid_size ({gh}, {gw})", device)  # bool/int + float32
@@ -285,3 +273,127 @@ def check_mask(mask: Any, batch_size: int | None = None, num_patches: int | None
         raise ValueError(f"every row of mask must remove the same number of patches (batches stay rectangular), got "
                          f"rows removing {counts.tolist()}")
     return int(counts[0]) if counts.numel() else 0
+
+
+def check_noise(noise: Any, generator: Any, shape: tuple[int, int], device: torch.device, ref: str) -> None:
+    """A ``generator`` and ``noise``: None or a real (B, L) tensor of ``shape`` on ``device``, those of ``ref``."""
+    check_generator(generator)
+    if noise is not None and (check_shaped(noise, "noise", shape, device, "(B, L)", ref).is_complex()
+                              or noise.dtype == torch.bool):
+        raise TypeError(f"noise must be a real tensor ranking the patches (small = keep), got dtype {noise.dtype}")
+
+
+def check_masking_args(mask_ratio: Any, noise: Any, generator: Any, masking: Any, mask: Any, *,
+                       shape: tuple[int, int], device: torch.device, training: bool) -> tuple[float | None, int]:
+    """A model call's masking arguments, for (B, L) = ``shape`` patches on ``device``. Returns ``(mask_ratio,
+    removed)``: the ratio (None: the model's default) and the patches a user ``mask`` removes per row (else 0)."""
+    check_noise(noise, generator, shape, device, "imgs")
+    if mask is None:
+        return (None if mask_ratio is None else check_mask_ratio(mask_ratio)), 0
+    if noise is not None or masking is not None or mask_ratio is not None:
+        raise ValueError("pass mask alone: it already fixes which patches are removed (and so the ratio)")
+    if check_tensor(mask, "mask", "(B, L)").device != device:
+        raise ValueError(f"mask is on {mask.device} but the model is on {device}; move it with .to()")
+    removed = check_mask(mask, *shape)
+    if removed == shape[1]:
+        raise ValueError(f"mask removes all {removed} patches of every image: it keeps no patch to encode")
+    if training:
+        check_removes_some(mask)
+    return None, removed
+
+
+def check_removes_some(mask: Tensor) -> None:
+    """The loss averages over removed patches (0 / 0 without one); skipped under torch.compile and on 'meta'."""
+    if not torch.compiler.is_compiling() and mask.device.type != "meta" and not bool((mask != 0).any()):
+        raise ValueError("mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
+                         "use mask_ratio > 0")
+
+
+def check_patches(patches: Any, batch_size: int, num_patches: int, device: torch.device) -> Tensor:
+    """Patch indices (B, M), M <= L, int64 positions in [0, L) on ``device``."""
+    if check_tensor(patches, "patches", "(B, M)", ndim=2).shape[0] != batch_size or patches.shape[1] > num_patches:
+        raise ValueError(f"patches must be (B, M), B = {batch_size}, M <= {num_patches}, got {tuple(patches.shape)}")
+    return check_indices(patches, "patches", num_patches, device)
+
+
+def check_decoder_inputs(latent: Any, ids_restore: Any, patches: Any, embed_dim: int, num_patches: int) -> None:
+    """A decoder's inputs: latent (B, 1+K, D) with K <= L, ids_restore (B, L) and optional patches (B, M)."""
+    D, L = embed_dim, num_patches
+    check_tensor(latent, "latent", f"(B, 1+K, {D})")
+    if latent.ndim != 3 or latent.shape[-1] != D or latent.shape[1] < 1:
+        raise ValueError(f"latent must be (B, 1+K, {D}), got shape {tuple(latent.shape)}")
+    B, N, _ = latent.shape
+    if tuple(check_tensor(ids_restore, "ids_restore", f"(B, L) = ({B}, {L})").shape) != (B, L) or N - 1 > L:
+        raise ValueError(f"ids_restore must be (B, L) = ({B}, {L}) with at most L kept tokens in latent, got "
+                         f"ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}")
+    check_indices(ids_restore, "ids_restore", L, latent.device)
+    if patches is not None:
+        check_patches(patches, B, L, latent.device)
+
+
+def check_loss_inputs(pred: Any, mask: Any, patches: Any, shape: tuple[int, int, int], device: torch.device) -> None:
+    """For images that patchify to ``shape`` (B, L, P): pred (B, L or M, P), mask (B, L), patches (B, M) or None."""
+    B, L, P = shape
+    check_shaped(mask, "mask", (B, L), device, "(B, L)", "imgs")
+    if patches is not None:
+        mask = mask.gather(1, check_patches(patches, B, L, device))  # (B, M)
+    if not check_shaped(pred, "pred", (B, mask.shape[1], P), device, "(B, L, P)", "imgs").is_floating_point():
+        raise TypeError(f"pred must be a floating-point tensor, got dtype {pred.dtype}")
+    check_removes_some(mask)
+
+
+def check_mse_args(pred: Any, target: Any, mask: Any, norm_pix_loss: Any) -> bool:
+    """Floating pred and target (B, L, P), mask (B, L) removing a patch, on one device; returns norm_pix_loss."""
+    check_tensor(pred, "pred", "(B, L, P)", ndim=3)
+    check_shaped(target, "target", pred.shape, pred.device, "(B, L, P)", "pred")
+    check_shaped(mask, "mask", pred.shape[:2], pred.device, "(B, L)", "pred")
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise TypeError(f"pred and target must be floating-point tensors, got {pred.dtype} and {target.dtype}")
+    check_removes_some(mask)
+    return check_bool(norm_pix_loss, "norm_pix_loss")
+
+
+def check_unpatchify_args(x: Any, patch_size: Any, grid_size: Any, in_chans: Any) -> tuple[tuple, tuple, int]:
+    """x (B, gh * gw, ph * pw * C). Returns ``((ph, pw), (gh, gw), C)``."""
+    (ph, pw), (gh, gw) = to_pair(patch_size, "patch_size"), to_pair(grid_size, "grid_size")
+    C = check_positive_int(in_chans, "in_chans")
+    if check_tensor(x, "x", "(B, L, P)").ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * C:
+        raise ValueError(f"x must be (B, {gh * gw}, {ph * pw * C}) for grid_size ({gh}, {gw}), patch_size ({ph}, {pw}) "
+                         f"and in_chans {C}, got shape {tuple(x.shape)}")
+    return (ph, pw), (gh, gw), C
+
+
+def check_pos_embed_args(embed_dim: Any, grid_size: Any, cls_token: Any) -> tuple[int, tuple[int, int], bool]:
+    """A sin-cos table's arguments (D divisible by 4), its float64 scratch bounded by the free host memory."""
+    embed_dim, cls_token = check_positive_int(embed_dim, "embed_dim"), check_bool(cls_token, "cls_token")
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
+    gh, gw = to_pair(grid_size, "grid_size")
+    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of grid_size {(gh, gw)}, embed_dim {embed_dim}",
+               None)  # float64 scratch + the float32 copy
+    return embed_dim, (gh, gw), cls_token
+
+
+def check_masking(masking: Any, choices: tuple[str, ...], mask_ratio: float, grid_size: tuple[int, int]) -> str:
+    """A masking strategy among ``choices`` that can serve ``mask_ratio`` (checked already) on a ``grid_size`` grid;
+    grid masking keeps one patch of every 2x2 cell, so it needs ratio 0.75 and an even grid."""
+    if not isinstance(masking, str) or masking not in choices:
+        raise ValueError(f"masking must be one of {list(choices)}, got {masking!r}")
+    if masking == "grid" and mask_ratio != 0.75:
+        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, i.e. mask_ratio 0.75: mask_ratio must be "
+                         f"0.75, got {mask_ratio!r}")
+    if masking == "grid" and (grid_size[0] % 2 or grid_size[1] % 2):
+        raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size {grid_size}")
+    return masking
+
+
+def check_grid_mask_args(batch_size: Any, grid_size: Any, mask_ratio: Any, offset: Any, generator: Any,
+                         device: Any) -> tuple[int, tuple[int, int], tuple[int, int] | None, torch.device | None]:
+    """``grid_mask``'s arguments. Returns ``(B, (gh, gw), offset, device)``."""
+    B, grid_size, ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
+    check_masking("grid", ("grid",), ratio, grid_size)
+    if offset is not None:
+        if type(offset) not in (tuple, list) or list(offset) not in ([0, 0], [0, 1], [1, 0], [1, 1]):
+            raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
+        offset = tuple(check_int(v, "offset") for v in offset)  # 0.0 == 0 and True == 1, but not ints
+    return B, grid_size, offset, device

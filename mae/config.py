@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from ._checks import (
-    check_bool,
-    check_divisible,
-    check_finite,
-    check_mask_ratio,
-    check_positive_int,
-    check_str,
-    to_pair,
-)
+from . import _checks
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MASKINGS", "MAEConfig", "PRESETS", "check_masking", "list_models",
-           "replace_fields"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MASKINGS", "MAEConfig", "PRESETS", "list_models", "replace_fields"]
 
 # The masking strategies of the paper's Table 1f (mae.functional: random_masking, block_mask, grid_mask).
 MASKINGS = ("random", "block", "grid")
@@ -29,20 +21,6 @@ MASKINGS = ("random", "block", "grid")
 # Per-channel normalisation of the paper's inputs (ImageNet statistics, RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-
-def check_masking(masking: Any, mask_ratio: float, grid_size: tuple[int, int]) -> str:
-    """A masking strategy name that can serve ``mask_ratio`` on a ``grid_size`` patch grid."""
-    if not isinstance(masking, str) or masking not in MASKINGS:
-        raise ValueError(f"masking must be one of {list(MASKINGS)}, got {masking!r}")
-    mask_ratio, grid_size = check_mask_ratio(mask_ratio), to_pair(grid_size, "grid_size")
-    if masking == "grid" and (mask_ratio != 0.75 or grid_size[0] % 2 or grid_size[1] % 2):
-        raise ValueError(
-            f"grid masking keeps one patch of every 2x2 cell: it needs mask_ratio 0.75 and an even patch grid, "
-            f"got mask_ratio {mask_ratio} and grid {grid_size}"
-        )
-    return masking
 
 
 @dataclass(frozen=True)
@@ -67,29 +45,26 @@ class MAEConfig:
     masking: str = "random"  # which patches: "random" (the paper's), "block" (BEiT's) or "grid" (Table 1f)
 
     def __post_init__(self) -> None:
-        # Accept ints for the two size fields; store them as (h, w) pairs so nothing downstream assumes squares.
-        object.__setattr__(self, "img_size", to_pair(self.img_size, "img_size"))
-        object.__setattr__(self, "patch_size", to_pair(self.patch_size, "patch_size"))
-        check_divisible(self.img_size, self.patch_size)
+        set_field = partial(object.__setattr__, self)  # frozen: fields are stored in their checked, canonical form
+        # Ints are accepted for the two size fields, stored as (h, w) pairs so nothing downstream assumes squares.
+        set_field("img_size", _checks.to_pair(self.img_size, "img_size"))
+        set_field("patch_size", _checks.to_pair(self.patch_size, "patch_size"))
+        _checks.check_divisible(self.img_size, self.patch_size)
         for name in ("in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
                      "decoder_num_heads"):
-            object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
+            set_field(name, _checks.check_positive_int(getattr(self, name), name))
         for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-            if getattr(self, width) % getattr(self, heads):
-                raise ValueError(
-                    f"{width}={getattr(self, width)} must be divisible by {heads}={getattr(self, heads)}"
-                )
-            if getattr(self, width) % 4:
-                raise ValueError(
-                    f"{width}={getattr(self, width)} must be divisible by 4 for the 2-D sin-cos position table"
-                )
-        object.__setattr__(self, "mlp_ratio", check_finite(self.mlp_ratio, "mlp_ratio", low=1e-6))
-        narrowest = min(self.embed_dim, self.decoder_embed_dim)
-        if int(narrowest * self.mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio} gives MLPs no hidden unit at width {narrowest}")
-        object.__setattr__(self, "norm_pix_loss", check_bool(self.norm_pix_loss, "norm_pix_loss"))
-        object.__setattr__(self, "mask_ratio", check_mask_ratio(self.mask_ratio))
-        check_masking(self.masking, self.mask_ratio, self.grid_size)
+            w, h = getattr(self, width), getattr(self, heads)
+            if w % h or w % 4:
+                need = f"{heads}={h}" if w % h else "4 for the 2-D sin-cos position table"
+                raise ValueError(f"{width}={w} must be divisible by {need}")
+        set_field("mlp_ratio", _checks.check_finite(self.mlp_ratio, "mlp_ratio", low=1e-6))
+        if int(min(self.embed_dim, self.decoder_embed_dim) * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={self.mlp_ratio} gives MLPs no hidden unit at width "
+                             f"{min(self.embed_dim, self.decoder_embed_dim)}")
+        set_field("norm_pix_loss", _checks.check_bool(self.norm_pix_loss, "norm_pix_loss"))
+        set_field("mask_ratio", _checks.check_mask_ratio(self.mask_ratio))
+        _checks.check_masking(self.masking, MASKINGS, self.mask_ratio, self.grid_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -123,7 +98,7 @@ class MAEConfig:
 
     def memory_bytes(self, itemsize: int) -> tuple[int, int]:
         """(device, host) bytes that building the model takes: the parameters of ``itemsize`` bytes on its device;
-        on the host, the float64 sin-cos tables and the Python objects of the blocks (about 24 KB each, measured)."""
+        on the host, the float64 sin-cos tables and the Python objects of the blocks (bounded by 32 KB each)."""
         table = 3 * 8 * (1 + self.num_patches) * max(self.embed_dim, self.decoder_embed_dim)
         return self.num_params * itemsize, table + 2**15 * (self.depth + self.decoder_depth)
 
@@ -139,11 +114,9 @@ class MAEConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> MAEConfig:
-        """The preset ``name`` with ``overrides`` applied.
-
-        Example: ``MAEConfig.from_name('mae_vit_base_patch16', img_size=448)``.
-        """
-        if check_str(name, "name") not in PRESETS:
+        """The preset ``name`` with ``overrides`` applied, e.g.
+        ``MAEConfig.from_name('mae_vit_base_patch16', img_size=448)``."""
+        if _checks.check_str(name, "name") not in PRESETS:
             raise ValueError(f"name {name!r} is not a known model; available: {list_models()}")
         return PRESETS[name].replace(**overrides)
 
@@ -155,28 +128,19 @@ PRESETS: dict[str, MAEConfig] = {
     "mae_vit_huge_patch14": MAEConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
     # Ours, for laptops and tests: ViT-Ti / ViT-S encoders (DeiT widths) with a proportionally light decoder
     # (about a third of the encoder width, 4 blocks), keeping the paper's asymmetric design.
-    "mae_vit_tiny_patch16": MAEConfig(
-        patch_size=16, embed_dim=192, depth=12, num_heads=3,
-        decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
-    ),
-    "mae_vit_small_patch16": MAEConfig(
-        patch_size=16, embed_dim=384, depth=12, num_heads=6,
-        decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8,
-    ),
+    "mae_vit_tiny_patch16": MAEConfig(patch_size=16, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128,
+                                      decoder_depth=4, decoder_num_heads=4),
+    "mae_vit_small_patch16": MAEConfig(patch_size=16, embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256,
+                                       decoder_depth=4, decoder_num_heads=8),
     # Ours, the default run's model (mae-pretrain with no argument): ViT-Tiny narrowed to 128 wide and 4 blocks, a
-    # 128 x 2 decoder, on a 16 x 16 grid of 4 px patches at 64 px. Chosen by measurement (issue 10): in 192 CPU steps
-    # it reconstructs held-out photos at about a third of the mean-colour baseline's error, where ViT-Tiny on an
-    # 8 x 8 grid did worse than that baseline.
-    "mae_vit_demo_patch4": MAEConfig(
-        img_size=64, patch_size=4, embed_dim=128, depth=4, num_heads=4,
-        decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4,
-    ),
+    # 128 x 2 decoder, on a 16 x 16 grid of 4 px patches at 64 px: small enough to learn something in a few CPU
+    # minutes; a coarser 8 x 8 grid leaves too little visible context to beat a mean-colour guess in that time.
+    "mae_vit_demo_patch4": MAEConfig(img_size=64, patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                                     decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
     # The test-size model (like timm's ``test_vit``): 16 patches of 8x8 on 32 px images, 64 wide, 2 + 2 blocks.
     # Small enough that the whole test suite runs in minutes on two CPU cores; not meant to learn anything.
-    "mae_vit_test": MAEConfig(
-        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
-        decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4,
-    ),
+    "mae_vit_test": MAEConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
+                              decoder_depth=2, decoder_num_heads=4),
 }
 
 

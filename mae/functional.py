@@ -7,6 +7,9 @@ Shape legend:
     P  pixels per patch (ph * pw * C)
 
 Mask convention everywhere: ``mask`` is (B, L) in the original patch order, 1 = removed (masked), 0 = kept (visible).
+
+Each public function checks its arguments once, at its top, then runs the formula, a private function of the same
+name with a leading underscore. The model calls the formulas directly: its own boundary has checked the inputs.
 """
 
 from __future__ import annotations
@@ -18,40 +21,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ._checks import (
-    check_bool,
-    check_divisible,
-    check_fits,
-    check_generator,
-    check_int,
-    check_mask,
-    check_mask_args,
-    check_mask_ratio,
-    check_positive_int,
-    check_shaped,
-    check_tensor,
-    to_pair,
-)
+from . import _checks
+from ._checks import check_mask
 
 __all__ = [
-    "MaskingOutput",
-    "num_kept",
-    "patchify",
-    "unpatchify",
-    "random_masking",
-    "shuffle_order",
-    "gather_tokens",
-    "restore_sequence",
-    "sincos_pos_embed_2d",
-    "patch_mean_std",
-    "normalize_patches",
-    "masked_mse_loss",
-    "per_patch_mse",
-    "block_mask",
-    "grid_mask",
-    "check_mask",
-    "mask_ratio_for",
-    "mask_to_noise",
+    "MaskingOutput", "num_kept", "patchify", "unpatchify", "random_masking", "shuffle_order", "gather_tokens",
+    "restore_sequence", "sincos_pos_embed_2d", "patch_mean_std", "normalize_patches", "masked_mse_loss",
+    "per_patch_mse", "block_mask", "grid_mask", "check_mask", "mask_ratio_for", "mask_to_noise",
 ]
 
 
@@ -65,27 +41,28 @@ def patchify(imgs: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
     Returns:
         (B, L, ph * pw * C); each patch vector is ordered (row inside patch, column inside patch, channel).
     """
-    ph, pw = to_pair(patch_size, "patch_size")
-    check_divisible(check_tensor(imgs, "imgs", "(B, C, H, W)", ndim=4).shape[-2:], (ph, pw), "imgs size")
-    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=ph, q=pw)
+    ph, pw = _checks.to_pair(patch_size, "patch_size")
+    _checks.check_divisible(_checks.check_tensor(imgs, "imgs", "(B, C, H, W)", ndim=4).shape[-2:], (ph, pw),
+                            "imgs size")
+    return _patchify(imgs, (ph, pw))
+
+
+def _patchify(imgs: Tensor, patch_size: tuple[int, int]) -> Tensor:
+    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=patch_size[0], q=patch_size[1])  # (B, L, P)
 
 
 def unpatchify(x: Tensor, patch_size: int | tuple[int, int], grid_size: int | tuple[int, int], in_chans: int) -> Tensor:
     """Exact inverse of ``patchify``: (B, L, ph * pw * C) -> (B, C, gh * ph, gw * pw)."""
-    ph, pw = to_pair(patch_size, "patch_size")
-    gh, gw = to_pair(grid_size, "grid_size")
-    in_chans = check_positive_int(in_chans, "in_chans")
-    if check_tensor(x, "x", "(B, L, P)").ndim != 3 or x.shape[1] != gh * gw or x.shape[2] != ph * pw * in_chans:
-        raise ValueError(
-            f"x must be (B, {gh * gw}, {ph * pw * in_chans}) for grid_size ({gh}, {gw}), patch_size ({ph}, {pw}) "
-            f"and in_chans {in_chans}, got shape {tuple(x.shape)}"
-        )
-    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=gh, w=gw, p=ph, q=pw, c=in_chans)
+    (ph, pw), (gh, gw), C = _checks.check_unpatchify_args(x, patch_size, grid_size, in_chans)
+    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=gh, w=gw, p=ph, q=pw, c=C)  # (B, C, H, W)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """K = int(L * (1 - mask_ratio)): visible patches per image (the official rounding)."""
-    num_patches, mask_ratio = check_positive_int(num_patches, "num_patches"), check_mask_ratio(mask_ratio)
+    return _num_kept(_checks.check_positive_int(num_patches, "num_patches"), _checks.check_mask_ratio(mask_ratio))
+
+
+def _num_kept(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
 
 
@@ -112,13 +89,8 @@ def shuffle_order(ids_restore: Tensor) -> Tensor:
     return torch.argsort(ids_restore, dim=1)
 
 
-def random_masking(
-    x: Tensor,
-    mask_ratio: float,
-    *,
-    noise: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> MaskingOutput:
+def random_masking(x: Tensor, mask_ratio: float, *, noise: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> MaskingOutput:
     """Per-sample random masking by argsort of uniform noise (Sec. 3, "random sampling").
 
     Each sample draws noise (B, L) in [0, 1); the patches with the smallest noise are kept. Given the same noise the
@@ -136,11 +108,17 @@ def random_masking(
         ``MaskingOutput(x_kept (B, K, D), mask (B, L), ids_restore (B, L))`` with K = int(L * (1 - mask_ratio)),
         and the derived ``.ids_keep`` (B, K) / ``.ids_removed`` (B, L - K). The mask has ``x``'s dtype.
     """
-    check_tensor(x, "x", "(B, L, D): a batch of L patch tokens or pixel patches", ndim=3)
-    mask_ratio = check_mask_ratio(mask_ratio)
+    _checks.check_noise(noise, generator, _checks.check_tensor(x, "x", "(B, L, D)", ndim=3).shape[:2], x.device, "x")
+    return _random_masking(x, _checks.check_mask_ratio(mask_ratio), noise, generator)
+
+
+def _random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None,
+                    generator: torch.Generator | None) -> MaskingOutput:
     B, L = x.shape[:2]
-    K = num_kept(L, mask_ratio)
-    noise = _masking_noise(B, L, x.device, noise, generator)  # (B, L)
+    K = _num_kept(L, mask_ratio)
+    if noise is None:
+        gen_device = generator.device if generator is not None else x.device
+        noise = torch.rand(B, L, generator=generator, device=gen_device).to(x.device)  # (B, L)
     if K == L:
         # Nothing removed (mask_ratio 0, e.g. for feature extraction): keep the original order, not a shuffle.
         ids_shuffle = torch.arange(L, device=x.device).expand(B, L)  # (B, L)
@@ -152,19 +130,6 @@ def random_masking(
     mask = (ids_restore >= K).to(x.dtype if x.is_floating_point() else torch.float32)  # (B, L)
     x_kept = gather_tokens(x, ids_shuffle[:, :K])  # (B, K, D)
     return MaskingOutput(x_kept, mask, ids_restore)
-
-
-def _masking_noise(
-    B: int, L: int, device: torch.device, noise: Tensor | None, generator: torch.Generator | None
-) -> Tensor:
-    """The (B, L) ranking noise: the caller's, checked, or drawn uniform from ``generator``."""
-    check_generator(generator)
-    if noise is None:
-        gen_device = generator.device if generator is not None else device
-        return torch.rand(B, L, generator=generator, device=gen_device).to(device)  # (B, L)
-    if check_shaped(noise, "noise", (B, L), device, "(B, L)", "x").is_complex() or noise.dtype == torch.bool:
-        raise TypeError(f"noise must be a real tensor ranking the patches (small = keep), got dtype {noise.dtype}")
-    return noise
 
 
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
@@ -199,12 +164,11 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_to
     Returns:
         float32 (1 + L, D) if ``cls_token`` (row 0 all zeros), else (L, D); rows in row-major patch order.
     """
-    embed_dim, cls_token = check_positive_int(embed_dim, "embed_dim"), check_bool(cls_token, "cls_token")
-    if embed_dim % 4:
-        raise ValueError(f"embed_dim must be divisible by 4 for a 2-D sin-cos table, got {embed_dim}")
-    gh, gw = to_pair(grid_size, "grid_size")
-    check_fits(3 * 8 * (1 + gh * gw) * embed_dim, f"a sin-cos table of grid_size ({gh}, {gw}) and embed_dim "
-               f"{embed_dim}", None)  # float64 scratch + the float32 copy
+    return _sincos_pos_embed_2d(*_checks.check_pos_embed_args(embed_dim, grid_size, cls_token))
+
+
+def _sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], cls_token: bool = True) -> Tensor:
+    gh, gw = grid_size
     quarter = embed_dim // 4
     omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)  # (D/4,)
     rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
@@ -243,26 +207,16 @@ def masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: b
         pred: (B, L, P) predicted pixels.
         target: (B, L, P) true pixels (``patchify(imgs)``).
         mask: (B, L), 1 = removed. Visible patches get exactly zero weight and zero gradient. A mask with no
-            removed patch raises ValueError (the mean would be 0 / 0).
+            removed patch is refused with a ValueError (the mean would be 0 / 0).
         norm_pix_loss: normalise each target patch first (``normalize_patches``).
 
     Returns:
         Scalar: per-patch MSE (mean over P) averaged over the removed patches.
     """
-    check_tensor(pred, "pred", "(B, L, P)", ndim=3)
-    check_shaped(target, "target", pred.shape, pred.device, "(B, L, P)", "pred")
-    check_shaped(mask, "mask", pred.shape[:2], pred.device, "(B, L)", "pred")
-    if not (pred.is_floating_point() and target.is_floating_point()):
-        raise TypeError(f"pred and target must be floating-point tensors, got {pred.dtype} and {target.dtype}")
-    norm_pix_loss = check_bool(norm_pix_loss, "norm_pix_loss")
-    # The mean over removed patches is undefined (0 / 0 = NaN) when nothing is removed: say so instead. Reading the
-    # mask on the host costs a GPU sync, so the check is skipped inside torch.compile graphs and on the meta device
-    # (no values); the model's training fast path builds its own mask (>= 1 removed patch) and never comes here.
-    if not torch.compiler.is_compiling() and mask.device.type != "meta" and not bool((mask != 0).any()):
-        raise ValueError(
-            "mask has no removed patch (all zeros): the MAE loss is defined on removed patches only; "
-            "use mask_ratio > 0"
-        )
+    return _masked_mse_loss(pred, target, mask, _checks.check_mse_args(pred, target, mask, norm_pix_loss))
+
+
+def _masked_mse_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix_loss: bool) -> Tensor:
     per_patch = per_patch_mse(pred, target, norm_pix_loss)  # (B, L)
     mask = mask.to(per_patch.dtype)
     return (per_patch * mask).sum() / mask.sum()
@@ -306,17 +260,17 @@ def block_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: fl
     no more than are still to remove (it may overlap earlier blocks); after 10 failed placements the remaining
     patches (fewer than a block, typically) are removed at random. Blocks never overshoot, so no trimming is needed.
 
-    Args:
-        grid_size: (gh, gw) patch grid, or one int for a square grid.
-        mask_ratio: fraction removed, in [0, 1); K = int(L * (1 - mask_ratio)) patches stay.
-        generator: torch generator to draw from (torch's global one when None): same state, same masks.
-
-    Returns:
-        float32 (B, L), 1 = removed, row-major over the grid.
+    ``grid_size`` is (gh, gw) or one int; ``generator`` (torch's global one when None): same state, same masks.
+    Returns float32 (B, L), 1 = removed, row-major over the grid.
     """
-    B, (gh, gw), ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
+    return _block_mask(*_checks.check_mask_args(batch_size, grid_size, mask_ratio, generator, device), generator)
+
+
+def _block_mask(B: int, grid_size: tuple[int, int], mask_ratio: float, device: torch.device | None,
+                generator: torch.Generator | None) -> Tensor:
+    gh, gw = grid_size
     L = gh * gw
-    remove = L - num_kept(L, ratio)
+    remove = L - _num_kept(L, mask_ratio)
     rng = _numpy_rng(generator)
     min_area = min(BLOCK_MIN_PATCHES, remove)
     log_lo, log_hi = np.log(BLOCK_ASPECT[0]), np.log(BLOCK_ASPECT[1])
@@ -353,16 +307,13 @@ def grid_mask(batch_size: int, grid_size: int | tuple[int, int], mask_ratio: flo
     not call for (it shows the pattern, not a position). Pass ``offset=(0, 0)`` for one fixed lattice.
 
     Returns float32 (B, L), 1 = removed, exactly L / 4 kept per row."""
-    B, (gh, gw), ratio, device = check_mask_args(batch_size, grid_size, mask_ratio, generator, device)
-    if ratio != 0.75:
-        raise ValueError(f"grid masking keeps one patch of every 2x2 cell, so mask_ratio must be 0.75, got "
-                         f"{mask_ratio!r}")
-    if gh % 2 or gw % 2:
-        raise ValueError(f"grid masking needs an even patch grid to tile with 2x2 cells, got grid_size ({gh}, {gw})")
-    if offset is not None:
-        if type(offset) not in (tuple, list) or list(offset) not in ([0, 0], [0, 1], [1, 0], [1, 1]):
-            raise ValueError(f"offset must be a (row, column) pair of 0s and 1s, got {offset!r}")
-        offset = tuple(check_int(v, "offset") for v in offset)  # 0.0 == 0 and True == 1, but not ints
+    B, grid, offset, device = _checks.check_grid_mask_args(batch_size, grid_size, mask_ratio, offset, generator, device)
+    return _grid_mask(B, grid, offset, device, generator)
+
+
+def _grid_mask(B: int, grid_size: tuple[int, int], offset: tuple[int, int] | None, device: torch.device | None,
+               generator: torch.Generator | None) -> Tensor:
+    gh, gw = grid_size
     gen_device = generator.device if generator is not None else "cpu"
     offsets = (torch.randint(0, 2, (B, 2), generator=generator, device=gen_device) if offset is None
                else torch.tensor(offset).expand(B, 2)).to(device)  # (B, 2)
@@ -383,11 +334,14 @@ def mask_to_noise(mask: Tensor, *, generator: torch.Generator | None = None) -> 
     Kept patches get noise in [0, 0.49), removed ones in [0.5, 0.99), each group in random order, so
     ``random_masking(x, mask_ratio_for(L, removed), noise=mask_to_noise(mask)).mask`` is ``mask`` itself.
 
-    Args: ``mask`` (B, L), 1 = removed, same count per row (``check_mask``); ``generator`` for the order in a group.
+    Args: ``mask`` (B, L), 1 = removed, the same count in every row; ``generator`` for the order in a group.
     Returns float32 (B, L) on the mask's device.
     """
     check_mask(mask)
-    check_generator(generator)
+    return _mask_to_noise(mask, _checks.check_generator(generator))
+
+
+def _mask_to_noise(mask: Tensor, generator: torch.Generator | None) -> Tensor:
     gen_device = generator.device if generator is not None else mask.device
     u = torch.rand(mask.shape, generator=generator, device=gen_device).to(mask.device)  # (B, L) in [0, 1)
     return mask.float() * 0.5 + u * 0.49  # (B, L); 0.49 keeps the groups apart after float32 rounding

@@ -3,11 +3,15 @@
 Data flow (DESIGN.md), one path, top to bottom: ``forward`` = ``encoder`` -> ``decoder`` -> ``loss``.
     encoder: imgs (B, C, H, W) -> patchify (B, L, P) -> random_masking (B, K, P) -> patch_embed + pos_embed (B, K, D)
              -> [cls] (B, 1+K, D) -> blocks -> norm = latent (B, 1+K, D)
-             (the embedding is linear per patch, so embedding after masking equals the paper's embed-then-mask)
+             (masking before embedding: see ``PatchEmbedding.embed_patches``)
     decoder: latent -> decoder_embed (B, 1+K, Dd) -> + mask tokens, unshuffle (B, 1+L, Dd) -> + decoder_pos_embed
              -> decoder_blocks -> decoder_norm -> decoder_pred (B, 1+L, P) -> drop cls = pred (B, L, P)
              (training asks for the removed patches only: the last block and the head then run on those rows)
     loss:    MSE(pred, patchify(imgs) [normalised per patch]) averaged over the removed patches only.
+
+What a user passes in is checked once, where it enters: each public method checks its arguments, then runs the
+private stage of the same name (``_encode``, ``_decode``, ``_loss``), which trusts them; ``forward`` checks once and
+runs the three private stages.
 
 Shape legend: B batch, C channels, H/W image size, L patches, K kept patches, D encoder width, Dd decoder width,
 P = ph * pw * C pixels per patch. ``mask`` is (B, L), 1 = removed (masked), 0 = kept (visible).
@@ -20,19 +24,24 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from . import functional as MF
-from ._checks import (
-    check_bool,
-    check_device,
-    check_dtype,
-    check_fits,
-    check_generator,
-    check_images,
-    check_indices,
-    check_mask_ratio,
-    check_tensor,
+from . import _checks
+from .config import MASKINGS, MAEConfig
+from .functional import (
+    _block_mask,
+    _grid_mask,
+    _mask_to_noise,
+    _masked_mse_loss,
+    _num_kept,
+    _patchify,
+    _random_masking,
+    _sincos_pos_embed_2d,
+    gather_tokens,
+    mask_ratio_for,
+    patchify,
+    restore_sequence,
+    shuffle_order,
+    unpatchify,
 )
-from .config import MAEConfig, check_masking
 from .layers import Block, LayerNorm, PatchEmbedding
 
 __all__ = ["MaskedAutoEncoder", "EncoderOutput", "MAEOutput", "create_model"]
@@ -56,41 +65,17 @@ class MAEOutput(NamedTuple):
 class MaskedAutoEncoder(nn.Module):
     """ViT encoder on the visible patches + light decoder that reconstructs the pixels of the removed ones.
 
-    Keyword arguments are the official ones; the model is built (every parameter and buffer) on ``device`` with
-    ``dtype``. State-dict keys and shapes equal the release checkpoints', so ``load_state_dict(ckpt['model'])`` works.
-
-    Args:
-        img_size: H or (H, W).
-        patch_size: p or (ph, pw).
-        in_chans: image channels, any number.
-        embed_dim, depth, num_heads: encoder width, blocks, heads.
-        decoder_embed_dim, decoder_depth, decoder_num_heads: decoder width, blocks, heads.
-        mlp_ratio: MLP hidden width over block width.
-        norm_pix_loss: reconstruct per-patch normalised pixels (paper: better features).
-        mask_ratio: default fraction of patches removed, overridable per call.
-        masking: default masking strategy, "random" (the paper's), "block" or "grid" (Table 1f), overridable per call.
-        device, dtype: where and in which floating type the parameters are created.
+    Keyword arguments are the official ones, the fields of ``MAEConfig`` (documented there; ``mask_ratio`` and
+    ``masking`` are defaults that each call may override). The model is built (every parameter and buffer) on
+    ``device`` with ``dtype``. State-dict keys and shapes equal the release checkpoints', so
+    ``load_state_dict(ckpt['model'])`` works.
     """
 
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int | tuple[int, int] = 16,
-        in_chans: int = 3,
-        embed_dim: int = 1024,
-        depth: int = 24,
-        num_heads: int = 16,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = False,
-        mask_ratio: float = 0.75,
-        masking: str = "random",
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int | tuple[int, int] = 16, in_chans: int = 3,
+                 embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 norm_pix_loss: bool = False, mask_ratio: float = 0.75, masking: str = "random", *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         cfg = MAEConfig(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
@@ -98,13 +83,11 @@ class MaskedAutoEncoder(nn.Module):
             decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
             mask_ratio=mask_ratio, masking=masking,
         )
-        device, dtype = check_device(device), check_dtype(dtype)
-        # Sizes bounded before allocating (an absurd img_size or width would get the process killed); 'meta'
-        # allocates no parameter, so the paper's largest presets still build there for free.
-        params, host = cfg.memory_bytes((dtype or torch.get_default_dtype()).itemsize)
-        on_host = device is None or device.type == "cpu"
-        check_fits(host + params * on_host, f"the model {cfg}", None)
-        check_fits(0 if on_host else params, f"the model {cfg}", device)
+        device, dtype = _checks.check_device(device), _checks.check_dtype(dtype)
+        # One bound for the whole model before allocating (an absurd img_size or width would get the process
+        # killed); 'meta' allocates no parameter, so the paper's largest presets still build there for free.
+        device_bytes, host_bytes = cfg.memory_bytes((dtype or torch.get_default_dtype()).itemsize)
+        _checks.check_model_fits(device_bytes, host_bytes, f"the model {cfg}", device)
         self.config = cfg
         factory = {"device": device, "dtype": dtype}
         L, D, Dd = cfg.num_patches, cfg.embed_dim, cfg.decoder_embed_dim
@@ -142,8 +125,8 @@ class MaskedAutoEncoder(nn.Module):
     def initialize_weights(self) -> None:
         """The release code's initialisation: sin-cos tables, xavier-uniform linears, N(0, 0.02) tokens."""
         cfg = self.config
-        self.pos_embed.copy_(MF.sincos_pos_embed_2d(cfg.embed_dim, cfg.grid_size).unsqueeze(0))
-        self.decoder_pos_embed.copy_(MF.sincos_pos_embed_2d(cfg.decoder_embed_dim, cfg.grid_size).unsqueeze(0))
+        self.pos_embed.copy_(_sincos_pos_embed_2d(cfg.embed_dim, cfg.grid_size).unsqueeze(0))
+        self.decoder_pos_embed.copy_(_sincos_pos_embed_2d(cfg.decoder_embed_dim, cfg.grid_size).unsqueeze(0))
         # The patch projection is initialised like a Linear on its (D, C*ph*pw) view; its bias keeps torch's default.
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -158,85 +141,58 @@ class MaskedAutoEncoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    # ------------------------------------------------------------------ input checks (public boundary)
+    # ------------------------------------------------------------------ input checks (the public boundary)
 
     @property
     def device(self) -> torch.device:
         return self.cls_token.device
 
     def _check_images(self, imgs: Any) -> None:
-        cfg = self.config
-        check_images(imgs, cfg.in_chans, cfg.img_size, self.device, self.cls_token.dtype)
+        _checks.check_images(imgs, self.config.in_chans, self.config.img_size, self.device, self.cls_token.dtype)
 
-    def _resolve_mask_ratio(self, mask_ratio: float | None, *, training: bool = False) -> float:
-        """The call's mask ratio (the config's by default); refused if it keeps no patch, or, to train, removes none."""
-        ratio = self.config.mask_ratio if mask_ratio is None else check_mask_ratio(mask_ratio)
-        L = self.config.num_patches
-        K = MF.num_kept(L, ratio)
-        if K == 0:
-            raise ValueError(f"mask_ratio={ratio} keeps no patch out of {L}: the encoder would see nothing")
-        if training and K == L:
-            raise ValueError(f"mask_ratio={ratio} removes no patch out of {L}: the loss would be undefined")
-        return ratio
+    def _masking_noise(self, imgs: Any, mask_ratio: Any, noise: Any, generator: Any, masking: Any, mask: Any, *,
+                       training: bool = False) -> tuple[float, Tensor | None]:
+        """``encoder``'s and ``forward``'s arguments, checked once, as (ratio, noise) for the one argsort masking.
 
-    def _masking_noise(
-        self,
-        B: int,
-        mask_ratio: float | None,
-        noise: Tensor | None,
-        generator: torch.Generator | None,
-        masking: str | None,
-        mask: Tensor | None,
-    ) -> tuple[float, Tensor | None]:
-        """Every masking strategy as (ratio, noise) for the one argsort masking: block, grid and user masks become
-        noise that ranks their kept patches first (``mask_to_noise``); random masking draws its own."""
-        cfg = self.config
-        L = cfg.num_patches
-        check_generator(generator)
+        Block, grid and user masks become noise that ranks their kept patches first (``mask_to_noise``); random
+        masking draws its own from ``generator``. The ratio must keep a patch to encode and, to train, remove one.
+        """
+        cfg, L = self.config, self.config.num_patches
+        self._check_images(imgs)
+        B = imgs.shape[0]
+        ratio, removed = _checks.check_masking_args(mask_ratio, noise, generator, masking, mask, shape=(B, L),
+                                                    device=self.device, training=training)
         if mask is not None:
-            if noise is not None or masking is not None or mask_ratio is not None:
-                raise ValueError("pass mask alone: it already fixes which patches are removed (and so the ratio)")
-            if check_tensor(mask, "mask", "(B, L)").device != self.device:
-                raise ValueError(f"mask is on {mask.device} but the model is on {self.device}; move it with .to()")
-            if (removed := MF.check_mask(mask, B, L)) == L:
-                raise ValueError(f"mask removes all {L} patches of every image: it keeps no patch to encode")
-            return self._resolve_mask_ratio(MF.mask_ratio_for(L, removed)), MF.mask_to_noise(mask, generator=generator)
-        ratio = self._resolve_mask_ratio(mask_ratio)
-        strategy = check_masking(cfg.masking if masking is None else masking, ratio, cfg.grid_size)
+            return mask_ratio_for(L, removed), _mask_to_noise(mask, generator)
+        ratio = cfg.mask_ratio if ratio is None else ratio
+        if (K := _num_kept(L, ratio)) == 0 or (training and K == L):
+            raise ValueError(f"mask_ratio={ratio} {'keeps' if K == 0 else 'removes'} no patch out of {L}: the encoder "
+                             "needs a visible patch, the loss a removed one")
+        strategy = _checks.check_masking(cfg.masking if masking is None else masking, MASKINGS, ratio, cfg.grid_size)
         if noise is not None or strategy == "random":
             return ratio, noise
-        draw = MF.block_mask if strategy == "block" else MF.grid_mask
-        chosen = draw(B, cfg.grid_size, ratio, generator=generator, device=self.device)  # (B, L) 1 = removed
-        return ratio, MF.mask_to_noise(chosen, generator=generator)
+        if strategy == "block":
+            chosen = _block_mask(B, cfg.grid_size, ratio, self.device, generator)  # (B, L) 1 = removed
+        else:
+            chosen = _grid_mask(B, cfg.grid_size, None, self.device, generator)  # (B, L) 1 = removed
+        return ratio, _mask_to_noise(chosen, generator)
 
     # ------------------------------------------------------------------ pixels <-> patches
 
     def patchify(self, imgs: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, L, P), each patch ordered (row, column, channel)."""
-        return MF.patchify(imgs, self.config.patch_size)
+        return patchify(imgs, self.config.patch_size)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """(B, L, P) -> (B, C, H, W), the exact inverse of ``patchify``."""
-        cfg = self.config
-        return MF.unpatchify(x, cfg.patch_size, cfg.grid_size, cfg.in_chans)
+        return unpatchify(x, self.config.patch_size, self.config.grid_size, self.config.in_chans)
 
     # ------------------------------------------------------------------ encoder
 
-    def encoder(
-        self,
-        imgs: Tensor,
-        mask_ratio: float | None = None,
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        masking: str | None = None,
-        mask: Tensor | None = None,
-    ) -> EncoderOutput:
-        """Embed, mask, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
-
-        The patch embedding is a linear map of each patch's pixels (a stride-p convolution), so masking the pixel
-        patches first and embedding the K visible ones gives the tokens the paper's order (embed, add positions,
-        mask) gives, for a quarter of the embedding work.
+    def encoder(self, imgs: Tensor, mask_ratio: float | None = None, *, noise: Tensor | None = None,
+                generator: torch.Generator | None = None, masking: str | None = None, mask: Tensor | None = None
+                ) -> EncoderOutput:
+        """Mask, embed, and encode only the visible patches (Sec. 3: the encoder never sees mask tokens).
 
         Args:
             imgs: (B, C, H, W) floating-point images, normalised as in training.
@@ -251,13 +207,15 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             ``EncoderOutput(latent (B, 1+K, D), mask (B, L), ids_restore (B, L))``.
         """
-        self._check_images(imgs)
-        ratio, noise = self._masking_noise(imgs.shape[0], mask_ratio, noise, generator, masking, mask)
-        visible = MF.random_masking(self.patchify(imgs), ratio, noise=noise, generator=generator)  # (B, K, P)
+        ratio, noise = self._masking_noise(imgs, mask_ratio, noise, generator, masking, mask)
+        return self._encode(imgs, ratio, noise, generator)
+
+    def _encode(self, imgs: Tensor, mask_ratio: float, noise: Tensor | None,
+                generator: torch.Generator | None) -> EncoderOutput:
+        visible = _random_masking(_patchify(imgs, self.config.patch_size), mask_ratio, noise, generator)  # (B, K, P)
         x = self.patch_embed.embed_patches(visible.x_kept)  # (B, K, D)
         x = x + self.pos_embed[0, 1:][visible.ids_keep]  # (B, K, D) each token's own position
-        B = x.shape[0]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)  # (B, 1, D)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1+K, D)
         for block in self.blocks:
             x = block(x)
@@ -286,25 +244,12 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             pred (B, L, P) for every patch in the original order, or (B, M, P) for ``patches``.
         """
-        cfg = self.config
-        L = cfg.num_patches
-        check_tensor(latent, "latent", f"(B, 1+K, {cfg.embed_dim})")
-        if latent.ndim != 3 or latent.shape[-1] != cfg.embed_dim or latent.shape[1] < 1:
-            raise ValueError(f"latent must be (B, 1+K, {cfg.embed_dim}), got shape {tuple(latent.shape)}")
-        B, N, _ = latent.shape
-        check_tensor(ids_restore, "ids_restore", f"(B, L) = ({B}, {L})")
-        if tuple(ids_restore.shape) != (B, L) or N - 1 > L:
-            raise ValueError(
-                f"ids_restore must be (B, L) = ({B}, {L}) with at most L kept tokens in latent, "
-                f"got ids_restore {tuple(ids_restore.shape)} and latent {tuple(latent.shape)}"
-            )
-        check_indices(ids_restore, "ids_restore", L, latent.device)
-        if patches is not None:
-            if check_tensor(patches, "patches", "(B, M)", ndim=2).shape[0] != B or patches.shape[1] > L:
-                raise ValueError(f"patches must be (B, M) with B = {B} and M <= {L}, got {tuple(patches.shape)}")
-            check_indices(patches, "patches", L, latent.device)
+        _checks.check_decoder_inputs(latent, ids_restore, patches, self.config.embed_dim, self.config.num_patches)
+        return self._decode(latent, ids_restore, patches)
+
+    def _decode(self, latent: Tensor, ids_restore: Tensor, patches: Tensor | None) -> Tensor:
         x = self.decoder_embed(latent)  # (B, 1+K, Dd)
-        tokens = MF.restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd) mask tokens added
+        tokens = restore_sequence(x[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd) mask tokens added
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed  # (B, 1+L, Dd) cls first
         rows = None if patches is None else patches + 1  # (B, M) token rows: +1 skips the cls row
         *blocks, last = self.decoder_blocks
@@ -329,30 +274,21 @@ class MaskedAutoEncoder(nn.Module):
             Scalar loss. With ``norm_pix_loss`` the target patches are normalised by their own mean and std.
         """
         self._check_images(imgs)
-        check_tensor(pred, "pred", "(B, L, P)")
-        target = self.patchify(imgs)  # (B, L, P)
-        if check_tensor(mask, "mask", "(B, L)").shape != target.shape[:2]:
-            raise ValueError(f"mask must have shape {tuple(target.shape[:2])} (B, L), got {tuple(mask.shape)}")
+        cfg = self.config
+        _checks.check_loss_inputs(pred, mask, patches, (imgs.shape[0], cfg.num_patches, cfg.patch_dim), self.device)
+        return self._loss(imgs, pred, mask, patches)
+
+    def _loss(self, imgs: Tensor, pred: Tensor, mask: Tensor, patches: Tensor | None) -> Tensor:
+        target = _patchify(imgs, self.config.patch_size)  # (B, L, P)
         if patches is not None:
-            check_indices(check_tensor(patches, "patches", "(B, M)", ndim=2), "patches", target.shape[1], self.device)
-            target, mask = MF.gather_tokens(target, patches), mask.gather(1, patches)  # (B, M, P), (B, M)
-        if pred.shape != target.shape:
-            raise ValueError(f"pred must have shape {tuple(target.shape)} (B, L, P), got {tuple(pred.shape)}")
-        return MF.masked_mse_loss(pred, target, mask, self.config.norm_pix_loss)
+            target, mask = gather_tokens(target, patches), mask.gather(1, patches)  # (B, M, P), (B, M)
+        return _masked_mse_loss(pred, target, mask, self.config.norm_pix_loss)
 
     # ------------------------------------------------------------------ forward
 
-    def forward(
-        self,
-        imgs: Tensor,
-        mask_ratio: float | None = None,
-        *,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        masking: str | None = None,
-        mask: Tensor | None = None,
-        loss_only: bool = False,
-    ) -> MAEOutput:
+    def forward(self, imgs: Tensor, mask_ratio: float | None = None, *, noise: Tensor | None = None,
+                generator: torch.Generator | None = None, masking: str | None = None, mask: Tensor | None = None,
+                loss_only: bool = False) -> MAEOutput:
         """Encode the visible patches, reconstruct the removed ones, and score them: encoder -> decoder -> loss.
 
         Args:
@@ -364,15 +300,12 @@ class MaskedAutoEncoder(nn.Module):
         Returns:
             ``MAEOutput(loss, pred (B, L, P), mask (B, L))``; unpacks as ``loss, pred, mask = model(imgs)``.
         """
-        loss_only = check_bool(loss_only, "loss_only")
-        if mask is None:  # (a mask of your own is checked by the loss: it must remove at least one patch)
-            mask_ratio = self._resolve_mask_ratio(mask_ratio, training=True)
-        latent, mask, ids_restore = self.encoder(
-            imgs, mask_ratio, noise=noise, generator=generator, masking=masking, mask=mask
-        )
-        removed = MF.shuffle_order(ids_restore)[:, latent.shape[1] - 1 :] if loss_only else None  # (B, L - K)
-        pred = self.decoder(latent, ids_restore, patches=removed)
-        loss = self.loss(imgs, pred, mask, patches=removed)
+        loss_only = _checks.check_bool(loss_only, "loss_only")
+        ratio, noise = self._masking_noise(imgs, mask_ratio, noise, generator, masking, mask, training=True)
+        latent, mask, ids_restore = self._encode(imgs, ratio, noise, generator)
+        removed = shuffle_order(ids_restore)[:, latent.shape[1] - 1 :] if loss_only else None  # (B, L - K)
+        pred = self._decode(latent, ids_restore, removed)
+        loss = self._loss(imgs, pred, mask, removed)
         return MAEOutput(loss, None if loss_only else pred, mask)
 
     def extra_repr(self) -> str:

@@ -1,7 +1,10 @@
-"""Fuzzing the public entry points: every argument gets good and bad values (wrong types, NaN/inf, zero, negative,
-absurd sizes, NumPy scalars, strings for booleans, tensors of the wrong shape, dtype or device).
+"""Fuzzing the public entry points (``create_model``, ``MAEConfig``, ``MaskedAutoEncoder`` and its methods, the
+functions of ``mae.functional``, ``mae.visualize``): every argument gets good and bad values (wrong types, NaN/inf,
+zero, negative, absurd sizes, NumPy scalars, strings for booleans, tensors of the wrong shape, dtype or device).
 
-The contract (issue 12): valid arguments work; anything else raises ValueError, TypeError or FileNotFoundError whose
+Internal layers (``Attention``, ``Block``, ``Mlp``, ``PatchEmbedding``) trust their inputs and are not fuzzed.
+
+The contract: valid arguments work; anything else raises ValueError, TypeError or FileNotFoundError whose
 message names the offending argument -- never a torch-internal RuntimeError, an AttributeError, a KeyError, an
 IndexError, a ZeroDivisionError, a hang or a huge allocation. Each example picks up to two arguments to spoil and
 draws good values for the rest, so both the accepting and the refusing side are exercised.
@@ -30,8 +33,6 @@ from mae._checks import (
     check_positive_int,
     to_pair,
 )
-from mae.config import check_masking
-from mae.layers import Attention, Block, Mlp, PatchEmbedding
 
 ACCEPTED = (ValueError, TypeError, FileNotFoundError)
 HUGE = 2**40  # a size no machine holds: must be refused before anything is allocated
@@ -166,11 +167,6 @@ def test_create_model_arguments(args):
 
 SWEEP.append((MAEConfig.from_name, CONFIG, ("mae_vit_test",)))
 SWEEP.append((create_model, {**CONFIG, "device": spec(["meta", None], BAD_DEVICE)}, ("mae_vit_test",)))
-SWEEP.append((check_masking, {
-    "masking": spec(["random", "grid"], CONFIG["masking"][1]),
-    "mask_ratio": spec([0.75, np.float32(0.75)], NOT_RATIO),
-    "grid_size": spec([(4, 4), 2, [2, 6]], [*NOT_POSITIVE_INT, (4,), (4, 4, 4)]),
-}, ()))
 
 
 def test_unknown_override_is_named():
@@ -463,93 +459,6 @@ def test_num_kept(args):
     kwargs, bad = args
     out = check_call(MF.num_kept, kwargs, bad)
     assert out is None or 0 <= out <= kwargs["num_patches"]
-
-
-# ---------------------------------------------------------------------------------------------- layers
-
-FACTORY = {"device": spec([None, "cpu", "meta"], BAD_DEVICE), "dtype": spec([None, torch.float64], BAD_DTYPE)}
-
-
-def on_meta_huge_is_fine(kwargs: dict, bad: set) -> set:
-    """A HUGE size only fails to fit in memory: on the 'meta' device, which allocates nothing, it is good."""
-    if "device" in bad or kwargs.get("device") != "meta":
-        return bad
-    return {n for n in bad if not (type(kwargs[n]) is int and kwargs[n] == HUGE)}
-
-
-@FUZZ
-@given(args=fuzz(PatchEmbedding, {
-    "img_size": spec([32, (32, 16), HUGE], [*NOT_POSITIVE_INT, 30]),
-    "patch_size": spec([8, (8, 16)], [*NOT_POSITIVE_INT, 3]),
-    "in_chans": spec([1, 3], [*NOT_POSITIVE_INT, HUGE]),
-    "embed_dim": spec([16, 8], [*NOT_POSITIVE_INT, HUGE]),
-    **FACTORY,
-}))
-def test_patch_embedding(args):
-    kwargs, bad = args
-    layer = check_call(PatchEmbedding, kwargs, on_meta_huge_is_fine(kwargs, bad))
-    if layer is not None and kwargs["device"] != "meta" and layer.img_size == (32, 32):
-        x = torch.randn(2, layer.in_chans, 32, 32, dtype=layer.proj.weight.dtype)
-        assert layer(x).shape == (2, layer.num_patches, layer.proj.out_channels)
-        for bad_x in (x[0], x[:, :, :8], torch.randn(2, layer.in_chans + 1, 32, 32), "x"):
-            with pytest.raises(ACCEPTED, match="x "):
-                layer(bad_x)
-
-
-@FUZZ
-@given(args=fuzz(Attention, {
-    "dim": spec([16, 32], [*NOT_POSITIVE_INT, HUGE]),
-    "num_heads": spec([1, 2, 4], [*NOT_POSITIVE_INT, 3]),
-    "qkv_bias": spec([True, False], NOT_BOOL),
-    **FACTORY,
-}))
-def test_attention(args):
-    kwargs, bad = args
-    layer = check_call(Attention, kwargs, on_meta_huge_is_fine(kwargs, bad))
-    if layer is not None and kwargs["device"] != "meta":
-        D, dt = layer.proj.in_features, layer.proj.weight.dtype
-        x = torch.randn(2, 5, D, dtype=dt)
-        rows = torch.tensor([[0, 4], [1, 2]])
-        assert torch.allclose(layer(x, rows), MF.gather_tokens(layer(x), rows), atol=1e-5)
-        for bad_x, bad_rows in ((x[0], None), (x[..., :-1], None), ([1.0], None), (x, rows.float()),
-                                (x, rows[0]), (x, "rows"), (x, rows[:1])):
-            with pytest.raises(ACCEPTED, match="x |rows"):
-                layer(bad_x, bad_rows)
-
-
-@FUZZ
-@given(args=fuzz(Mlp, {
-    "in_features": spec([8, 3], [*NOT_POSITIVE_INT, HUGE]),
-    "hidden_features": spec([1, 16], [*NOT_POSITIVE_INT, HUGE]),
-    **FACTORY,
-}))
-def test_mlp(args):
-    kwargs, bad = args
-    layer = check_call(Mlp, kwargs, on_meta_huge_is_fine(kwargs, bad))
-    if layer is not None and kwargs["device"] != "meta":
-        x = torch.randn(2, 4, layer.fc1.in_features, dtype=layer.fc1.weight.dtype)
-        assert layer(x).shape == x.shape and layer(x[0, 0]).shape == x[0, 0].shape
-        with pytest.raises(ACCEPTED, match="x "):
-            layer(x[..., 1:])
-
-
-@FUZZ
-@given(args=fuzz(Block, {
-    "dim": spec([16, 8], [*NOT_POSITIVE_INT, HUGE]),
-    "num_heads": spec([1, 2], [*NOT_POSITIVE_INT, 3]),
-    "mlp_ratio": spec([4.0, 0.5, np.float32(2)], [math.nan, math.inf, 0, -1, "4", None, True, 0.01]),
-    "qkv_bias": spec([True, False], NOT_BOOL),
-    **FACTORY,
-}))
-def test_block(args):
-    kwargs, bad = args
-    layer = check_call(Block, kwargs, on_meta_huge_is_fine(kwargs, bad))
-    if layer is not None and kwargs["device"] != "meta":
-        D = layer.attn.proj.in_features
-        x = torch.randn(2, 5, D, dtype=layer.attn.proj.weight.dtype)
-        assert layer(x).shape == x.shape
-        with pytest.raises(ACCEPTED, match="x "):
-            layer(x[:, :, :-1])
 
 
 @pytest.mark.parametrize("index", range(len(SWEEP)))

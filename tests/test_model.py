@@ -4,6 +4,7 @@ initialisation, input checks, devices and dtypes, a tiny overfit, and torch.comp
 
 from __future__ import annotations
 
+import builtins
 import math
 import time
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, images_for, noise_for, tiny_model
 
+import mae._checks
 from mae import EncoderOutput, MAEOutput, MaskedAutoEncoder, create_model
 
 # ---------------------------------------------------------------------------------------------------- reference
@@ -346,6 +348,40 @@ def test_initialisation_follows_the_release():
 
 
 # ---------------------------------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.slow
+def test_building_vit_b_reads_the_free_memory_once(monkeypatch):
+    """One memory bound for the whole model, none per layer: building ViT-B on the CPU reads the free host memory
+    once (/proc/meminfo and the cgroup's memory.max and memory.current: at most 3 files)."""
+    files, probes = [], []
+    real_open, real_available = builtins.open, mae._checks.available_bytes
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).startswith(("/proc/meminfo", "/sys/fs/cgroup/memory")):
+            files.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    def counting_available(device):
+        probes.append(device)
+        return real_available(device)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(mae._checks, "available_bytes", counting_available)
+    create_model("mae_vit_base_patch16")
+    assert len(probes) == 1 and len(files) <= 3, (probes, files)
+
+
+def test_forward_checks_the_images_exactly_once(model, monkeypatch):
+    """forward checks what the user passed in where it enters; the stages below trust it (no second check)."""
+    calls = []
+    real = mae._checks.check_images
+    monkeypatch.setattr(mae._checks, "check_images", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    imgs = images_for(model)
+    for kwargs in ({}, {"loss_only": True}, {"masking": "block"}, {"noise": noise_for(model)}):
+        calls.clear()
+        model(imgs, **kwargs)
+        assert len(calls) == 1, kwargs
 
 
 def test_rejects_wrong_number_of_dimensions(model):
