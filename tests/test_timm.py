@@ -48,8 +48,9 @@ def test_token_pool_features_equal_ours():
     imgs = images(model)
     with torch.no_grad():
         ours, theirs = model.forward_features(imgs), vit.forward_features(imgs)
-        assert (ours - theirs).abs().max().item() <= 1e-6
-        assert torch.allclose(vit(imgs), ours[:, 0], atol=1e-6)  # num_classes=0: forward gives the cls feature
+        # float32 rounding of two kernels (a conv against our per-patch linear, thread-count dependent): ~1e-6
+        torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(vit(imgs), ours[:, 0], rtol=1e-5, atol=1e-5)  # num_classes=0: forward gives the cls feature
     assert all(m.eps == 1e-6 for m in vit.modules() if isinstance(m, nn.LayerNorm))
 
 
@@ -63,7 +64,7 @@ def test_avg_pool_is_mae_finetuning_layout():
     imgs = images(model)
     with torch.no_grad():
         tokens = pre_norm_tokens(model, imgs)  # (B, 1+L, D)
-        assert (vit.forward_features(imgs) - tokens).abs().max().item() <= 1e-6
+        torch.testing.assert_close(vit.forward_features(imgs), tokens, rtol=1e-5, atol=1e-5)
         pooled = vit.forward_head(vit.forward_features(imgs), pre_logits=True)
         expected = nn.functional.layer_norm(tokens[:, 1:].mean(1), (64,), eps=1e-6)
         assert torch.allclose(pooled, expected, atol=1e-5)
