@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from test_install import _without
-from test_train_run import REPO, tiny_args, tiny_config, weights, write_images
+from test_train_run import REPO, _free_port, tiny_args, tiny_config, weights, write_images
 from torch import nn
 
 import mae.functional
@@ -241,3 +243,42 @@ def test_eval_every_without_the_eval_extra_refuses_up_front_in_one_line(tmp_path
                                   "imported): pip install 'mae-pytorch[eval]'")
     assert not (tmp_path / "runs").exists()
     assert REPO.is_dir()
+
+
+_DDP_SCRIPT = """
+import json, os, sys
+import torch
+import mae.functional
+from mae.train import TrainConfig, pretrain
+
+rank, real, calls = int(os.environ["RANK"]), mae.functional.per_patch_mse, {"n": 0}
+
+def mse(pred, target, norm_pix_loss=False):
+    calls["n"] += 1
+    value = real(pred, target, norm_pix_loss)
+    return value * float("nan") if rank == 1 and calls["n"] == 3 else value  # rank 1 alone, step 3
+
+mae.functional.per_patch_mse = mse
+result = pretrain(TrainConfig.from_dict(json.loads(sys.argv[1])))
+torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{rank}.pt"))
+"""
+
+
+@pytest.mark.slow
+def test_every_process_skips_the_step_only_one_of_them_saw_diverge(tmp_path):
+    """torchrun, 2 CPU processes: only rank 1's loss is NaN, yet both skip step 3 and keep the same weights."""
+    data = write_images(tmp_path / "data", 8)
+    cfg = tiny_config(tmp_path, data, batch_size=2, epochs=2, device="cpu")  # 2 steps per epoch
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(_DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(script), json.dumps(cfg.to_dict()), str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "t"
+    assert [r["step"] for r in records(run, "skip")] == [3]  # logged by rank 0, whose own loss was finite
+    assert [r["step"] for r in records(run, "step")] == [1, 2, 4]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
