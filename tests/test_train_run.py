@@ -138,7 +138,8 @@ def test_data_run_summary_has_no_held_out_fields(tmp_path):
     data = write_images(tmp_path / "data", 8)
     result = pretrain(tiny_config(tmp_path, data, epochs=1))
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert set(summary) == {"norm_pix_loss", "steps", "seconds"} and summary["norm_pix_loss"] is False
+    assert set(summary) == {"norm_pix_loss", "steps", "seconds", "recovery"} and summary["norm_pix_loss"] is False
+    assert summary["recovery"] == {"rollbacks": 0, "lr_factor": 1.0, "skipped_steps": [], "rollback_events": []}
     assert not (result.run_dir / "heldout_images.pt").exists()
 
 
@@ -242,7 +243,8 @@ def test_accumulation_steps_on_the_last_partial_group(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- divergence
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_without_recovery_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """--nan-patience 0: today's stop at the first non-finite step (tests/test_long_runs.py covers recovery)."""
     data = write_images(tmp_path / "data", 8)
     real_mse, calls = mae.functional.per_patch_mse, {"n": 0}
 
@@ -253,7 +255,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     # The trainer's loss goes through the model's fast path, which scores patches with functional.per_patch_mse.
     monkeypatch.setattr(mae.functional, "per_patch_mse", mse_turning_nan)
-    cfg = tiny_config(tmp_path, data, epochs=3)  # 2 steps per epoch
+    cfg = tiny_config(tmp_path, data, epochs=3, nan_patience=0)  # 2 steps per epoch
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at optimizer step 4 \(epoch 2, batch 2"):
         pretrain(cfg)
     ckpt = read_train_checkpoint(tmp_path / "runs" / "t")

@@ -16,6 +16,7 @@ from mae.io.atomic import TEMP_SUFFIX
 from mae.runtime.run_folder import RunLock
 from mae.train import NonFiniteLossError, pretrain, read_train_checkpoint, write_train_checkpoint
 from mae.train.cli import main
+from mae.train.report import read_metrics
 
 
 @pytest.fixture
@@ -104,8 +105,15 @@ def test_non_finite_weights_are_never_saved(tmp_path, data, monkeypatch):
 
     monkeypatch.setattr(engine, "build_optimizer", poisoned)
     with pytest.raises(NonFiniteLossError, match="weights became non-finite during epoch 1"):
-        pretrain(tiny_config(tmp_path, data))
+        pretrain(tiny_config(tmp_path, data, nan_patience=0))  # no recovery: stop
     assert not (tmp_path / "runs" / "t" / "checkpoints" / "last").exists()
+    # With recovery (the default) the run goes back to its start instead, and what it saves is finite.
+    result = pretrain(tiny_config(tmp_path, data, name="recovered"))
+    rollbacks = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["kind"] == "rollback"]
+    assert len(rollbacks) == 1 and "weights became non-finite during epoch 1" in rollbacks[0]["reason"]
+    assert rollbacks[0]["to_epoch"] == 0
+    ckpt = read_train_checkpoint(result.run_dir)
+    assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
 
 
 def test_a_full_disk_gives_one_line(tmp_path, data, monkeypatch, capsys):

@@ -5,13 +5,26 @@ shorter (``n % accum_iter``); it still steps, with its loss divided by its own l
 Under DDP only the last micro-batch of a group synchronises gradients (``no_sync`` for the others). The learning
 rate is a pure function of the optimizer step (``lr_at_step``), set before each step on every parameter group times
 the group's ``lr_scale`` (layer-wise decay); a checkpoint's step number is all the schedule needs to resume exactly.
-A non-finite loss, averaged over the processes so all of them take the same decision, stops the loop before the
-step is applied.
+A step is non-finite when its loss (averaged over the processes) or, without a grad scaler, the norm of its
+gradients is NaN or infinite; it is checked before ``scaler.step``, and the sum over the processes makes every process
+take the same decision. Without ``recovery`` the first non-finite step stops the loop (``NonFiniteLossError``; the
+linear probe and fine-tuning run so). With a ``Recovery`` policy (pretraining's default):
+
+- a non-finite step is skipped: its gradients are dropped, and no parameter, optimizer or scaler state changes
+  (the step counter, i.e. the position in the lr schedule and the data, still moves on);
+- after ``patience`` skipped steps in a row the loop raises ``Diverged``; the caller calls ``roll_back``, which
+  restores the state kept by ``remember_good_state`` (weights, optimizer, scaler, step) and multiplies the lr by
+  ``lr_factor`` for the rest of the run (``lr_factor ** rollbacks`` in all), then replays the lost steps on other
+  data; once ``max_rollbacks`` are spent, ``roll_back`` raises ``NonFiniteLossError`` instead.
+
+With fp16 the grad scaler already skips a step whose scaled gradients overflow, and lowers its scale: that is dynamic
+loss scaling at work, not divergence, so only the loss is checked there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -24,8 +37,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["PRECISIONS", "NonFiniteLossError", "Schedule", "Trainer", "autocast", "lr_at_step", "resolve_precision",
-           "scaled_lr"]
+__all__ = ["PRECISIONS", "Diverged", "NonFiniteLossError", "Recovery", "Schedule", "Trainer", "autocast", "lr_at_step",
+           "resolve_precision", "scaled_lr"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,6 +46,25 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLossError(FloatingPointError):
     """The loss (or, after a step, the weights) became NaN or infinite; the run stopped without applying it."""
+
+
+class Diverged(NonFiniteLossError):
+    """``Recovery.patience`` optimizer steps in a row were non-finite: time to ``Trainer.roll_back``."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What the loop does about non-finite steps (see the module docstring).
+
+    Args:
+        patience: skipped steps in a row that make the loop raise ``Diverged``.
+        max_rollbacks: rollbacks a run may make; the next divergence stops it.
+        lr_factor: each rollback multiplies the lr by this, for the rest of the run.
+    """
+
+    patience: int = 3
+    max_rollbacks: int = 3
+    lr_factor: float = 0.5
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -110,6 +142,8 @@ class Trainer:
         precision: a resolved precision ("fp32", "bf16", "fp16"; fp16 adds a grad scaler).
         accum_iter: micro-batches per optimizer step.
         compile: ``torch.compile`` the (wrapped) model.
+        recovery: skip non-finite steps and roll back after too many (None: stop at the first one).
+        rollbacks: rollbacks made so far (a resumed run's count).
     """
 
     model: nn.Module
@@ -120,6 +154,8 @@ class Trainer:
     accum_iter: int = 1
     compile: bool = False
     step: int = 0
+    recovery: Recovery | None = None
+    rollbacks: int = 0
 
     def __post_init__(self) -> None:
         device = self.info.device
@@ -129,12 +165,58 @@ class Trainer:
         self.forward = self.ddp if self.ddp is not None else self.model  # the model as called
         if self.compile:
             self.forward = torch.compile(self.forward)
+        self.skipped_in_a_row = 0  # non-finite steps since the last applied one
+        self._good: dict[str, Any] | None = None  # what roll_back restores
 
-    def resume(self, optimizer: dict[str, Any], scaler: dict[str, Any], step: int) -> None:
-        """Continue from a checkpoint's optimizer and scaler states and its optimizer step."""
+    @property
+    def lr_factor(self) -> float:
+        """What the rollbacks so far multiply the scheduled lr by."""
+        return self.recovery.lr_factor ** self.rollbacks if self.recovery is not None else 1.0
+
+    def resume(self, optimizer: dict[str, Any], scaler: dict[str, Any], step: int,
+               recovery: dict[str, int] | None = None) -> None:
+        """Continue from a checkpoint's optimizer and scaler states, its optimizer step and its ``recovery_state``."""
         self.optimizer.load_state_dict(optimizer)
         self.scaler.load_state_dict(scaler)
         self.step = step
+        self.rollbacks = (recovery or {}).get("rollbacks", 0)
+        self.skipped_in_a_row = (recovery or {}).get("skipped_in_a_row", 0)
+
+    def recovery_state(self) -> dict[str, int]:
+        """What a checkpoint keeps of the recovery, so that a resume continues exactly."""
+        return {"rollbacks": self.rollbacks, "skipped_in_a_row": self.skipped_in_a_row}
+
+    def remember_good_state(self) -> None:
+        """Keep a copy (in host memory) of the weights, optimizer and scaler states and the step, for ``roll_back``."""
+        self._good = {"model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict()),
+                      "scaler": self.scaler.state_dict(), "step": self.step}
+
+    def roll_back(self, reason: str, stop_hint: str = "") -> int:
+        """Return to the remembered state with the lr lowered once more; returns the step it restarts from.
+
+        Raises:
+            NonFiniteLossError: the run has spent its ``max_rollbacks`` (``reason`` and ``stop_hint`` end the
+                message), or nothing was remembered.
+        """
+        if self.recovery is None or self._good is None or self.rollbacks >= self.recovery.max_rollbacks:
+            spent = self.recovery.max_rollbacks if self.recovery is not None else 0
+            raise NonFiniteLossError(f"{reason}; stopping after {spent} rollback(s) (--max-rollbacks){stop_hint}. "
+                                     "Lower --blr/--lr or use --precision fp32")
+        good = self._good
+        self.model.load_state_dict(good["model"])
+        self.optimizer.load_state_dict(_to_cpu(good["optimizer"]))  # a copy: the optimizer may keep what it loads
+        self.scaler.load_state_dict(good["scaler"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step, self.skipped_in_a_row = good["step"], 0
+        self.rollbacks += 1
+        return self.step
+
+    def _grad_norm(self) -> Tensor:
+        """The norm of all gradients, one fused reduction (0 with a grad scaler, which checks them itself)."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.scaler.is_enabled() or not grads:
+            return torch.zeros((), device=self.info.device)
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
     def train_epoch(
         self,
@@ -146,6 +228,7 @@ class Trainer:
         epochs: int,
         progress: bool = False,
         on_step: Callable[[dict[str, float]], None] | None = None,
+        on_skip: Callable[[dict[str, Any]], None] | None = None,
         stop_hint: Callable[[], str] = lambda: "",
     ) -> float:
         """One pass over ``batches``; returns the mean loss of its optimizer steps.
@@ -157,8 +240,12 @@ class Trainer:
             epoch, epochs: this epoch (0-based) and how many the run has, for the progress bar and messages.
             progress: show a progress bar (on a terminal, on the main process only).
             on_step: called after every optimizer step with ``{"step", "loss", "lr", "img_per_s"}``.
-            stop_hint: the end of the message when the loss becomes non-finite (e.g. where the last good
-                checkpoint is).
+            on_skip: called after every skipped (non-finite) step with ``{"step", "non_finite", "in_a_row"}``.
+            stop_hint: the end of the message when the loop stops (e.g. where the last good checkpoint is).
+
+        Raises:
+            NonFiniteLossError: a non-finite step without ``recovery``.
+            Diverged: ``recovery.patience`` non-finite steps in a row.
         """
         from tqdm.auto import tqdm  # an optional package of the train and eval extras
 
@@ -171,7 +258,7 @@ class Trainer:
             first = i - i % self.accum_iter
             group = min(self.accum_iter, n - first)  # micro-batches in this optimizer step
             if i == first:
-                lr = self.schedule.lr_at(self.step)
+                lr = self.schedule.lr_at(self.step) * self.lr_factor
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
             last_micro = i == first + group - 1
@@ -184,18 +271,35 @@ class Trainer:
             images += batch[0].shape[0] * info.world_size
             if not last_micro:
                 continue
-            # Every process takes the same decision: the loss averaged over processes, checked before stepping.
-            step_loss = (all_reduce_sum(group_loss / group, info) / info.world_size).item()
-            if not math.isfinite(step_loss):
-                bar.close()
+            # Every process takes the same decision: the loss and gradient norm summed over the processes, checked
+            # before anything is applied.
+            checked = all_reduce_sum(torch.stack([group_loss / group, self._grad_norm()]), info) / info.world_size
+            step_loss, grad_norm = checked.tolist()
+            group_loss.zero_()
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                what = f"loss {step_loss}" if not math.isfinite(step_loss) else f"gradient (norm {grad_norm})"
                 where = f"optimizer step {self.step + 1} (epoch {epoch + 1}, batch {i + 1} of {n})"
-                raise NonFiniteLossError(f"non-finite loss {step_loss} at {where}; stopping without applying it"
-                                         f"{stop_hint()}. Lower --blr/--lr or use --precision fp32")
+                if self.recovery is None:
+                    bar.close()
+                    raise NonFiniteLossError(f"non-finite {what} at {where}; stopping without applying it"
+                                             f"{stop_hint()}. Lower --blr/--lr or use --precision fp32")
+                self.optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
+                self.step += 1
+                self.skipped_in_a_row += 1
+                t_step, images = time.perf_counter(), 0
+                if on_skip is not None:
+                    on_skip({"step": self.step, "non_finite": what.split()[0], "in_a_row": self.skipped_in_a_row})
+                if self.skipped_in_a_row >= self.recovery.patience:
+                    bar.close()
+                    raise Diverged(f"{self.skipped_in_a_row} non-finite steps in a row, the last a non-finite "
+                                   f"{what} at {where}")
+                bar.update()
+                continue
+            self.skipped_in_a_row = 0
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            group_loss.zero_()
             now = time.perf_counter()
             record = {"step": self.step, "loss": step_loss, "lr": lr, "img_per_s": images / (now - t_step)}
             t_step, images = now, 0
@@ -206,3 +310,14 @@ class Trainer:
             bar.update()
         bar.close()
         return loss_sum / max(steps, 1)
+
+
+def _to_cpu(state: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor in host memory."""
+    if isinstance(state, Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_cpu(v) for v in state)
+    return copy.deepcopy(state)

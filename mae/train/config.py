@@ -16,7 +16,7 @@ from ..config import MASKINGS, MAEConfig, list_models
 from ..runtime.cli import CommandConfig, absolute_paths, require_extra, slug
 from ..runtime.cli import option as _opt
 from ..runtime.distributed import check_device_name
-from ..runtime.loop import PRECISIONS
+from ..runtime.loop import PRECISIONS, Recovery
 from ..runtime.run_folder import check_run_name
 
 __all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "PAPER_DEFAULTS", "PAPER_MODEL", "RESUMABLE_FIELDS", "TRAIN_EXTRA",
@@ -36,7 +36,8 @@ def require_train_extra(what: str) -> None:
 # What may differ when a run is resumed: fields that change neither the model, the data nor the optimisation.
 RESUMABLE_FIELDS = frozenset({
     "epochs", "stop_after_epoch", "num_workers", "device", "compile", "threads", "save_every", "keep_every",
-    "log_every", "progress", "figures", "tensorboard",
+    "log_every", "progress", "figures", "tensorboard", "nan_patience", "max_rollbacks", "eval_every", "eval_data",
+    "keep_best",
 })
 
 # Fields left at None take their value from the data source: the paper's recipe (Sec. 4 / A.1; 224 px, the preset's
@@ -113,6 +114,15 @@ class TrainConfig(CommandConfig):
     threads: int | None = _opt(None, "torch CPU threads per process (default: torch's own setting, i.e. the cores or "
                                      "OMP_NUM_THREADS); 1 is faster for small models on a machine busy with other jobs")
     seed: int = _opt(0, "random seed (crops, flips, masks and initial weights)")
+    # divergence: skip, then roll back (mae.runtime.loop; docs/pretraining.md "Long runs")
+    nan_patience: int = _opt(3, "a step whose loss or gradient is NaN/inf is skipped (nothing is applied, it is "
+                                "logged); after this many skipped steps in a row the run rolls back to the state it "
+                                "kept at the last epoch end, lowers the lr by --rollback-lr-factor for the rest of "
+                                "the run and replays the lost steps on another data order; 0: stop at the first "
+                                "non-finite step instead")
+    max_rollbacks: int = _opt(3, "rollbacks a run may make; the next divergence stops it with an error, keeping the "
+                                 "last good checkpoint")
+    rollback_lr_factor: float = _opt(0.5, "each rollback multiplies the lr by this for the rest of the run, in (0, 1]")
     # output
     output_dir: str = _opt("runs", "folder holding run folders")
     name: str | None = _opt(None, "run folder name (default: 'default' for the photographs, else <data>-<model>)")
@@ -124,6 +134,14 @@ class TrainConfig(CommandConfig):
     progress: bool = _opt(True, "show a progress bar per epoch (on a terminal)")
     figures: bool = _opt(True, "write loss.png and reconstructions.png when the run ends")
     tensorboard: bool = _opt(False, "also log to <run>/tensorboard (pip install 'mae-pytorch[tensorboard]')")
+    # online evaluation (mae.train.online): needs the eval extra
+    eval_every: int = _opt(0, "epochs between online evaluations (0: off): kNN top-1 of the encoder on --eval-data "
+                              "(mae-knn's protocol), masked-patch error and PSNR on a fixed held-out batch, and "
+                              "<run>/online/recon_epoch_XXXX.png; needs pip install 'mae-pytorch[eval]'")
+    eval_data: str | None = _opt(None, "labelled folder with train/<class>/ and val/<class>/ for the online kNN "
+                                       "(default: scikit-learn's digits at the run's image size)")
+    keep_best: bool = _opt(False, "keep checkpoints/best, the epoch with the highest online kNN top-1 (needs "
+                                  "--eval-every)")
     overwrite: bool = _opt(False, "delete a previous run of mae-pretrain in the same folder and start afresh")
 
     def __post_init__(self) -> None:
@@ -146,7 +164,7 @@ class TrainConfig(CommandConfig):
         self._check_counts()
         self._check_model()
         self._check_optimisation()
-        for name in ("norm_pix_loss", "compile", "progress", "figures", "tensorboard", "overwrite"):
+        for name in ("norm_pix_loss", "compile", "progress", "figures", "tensorboard", "overwrite", "keep_best"):
             check_bool(getattr(self, name), name)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -160,8 +178,12 @@ class TrainConfig(CommandConfig):
         for name in ("stop_after_epoch", "threads"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name)
-        for name in ("num_workers", "keep_every", "seed"):
+        for name in ("num_workers", "keep_every", "seed", "nan_patience", "max_rollbacks", "eval_every"):
             check_non_negative_int(getattr(self, name), name)
+        if self.keep_best and not self.eval_every:
+            raise ValueError("keep_best needs online evaluation to rank the epochs: pass --eval-every N (N > 0) too")
+        if self.eval_data is not None and not str(self.eval_data).strip():
+            raise ValueError("eval_data must be a folder path or None (the built-in digits), got an empty string")
 
     def _check_model(self) -> None:
         if self.model_overrides is not None:
@@ -187,6 +209,8 @@ class TrainConfig(CommandConfig):
     def _check_optimisation(self) -> None:
         for name in ("blr", "min_lr", "weight_decay", "warmup_epochs"):
             check_finite(getattr(self, name), name, low=0.0)
+        if not 0.0 < check_finite(self.rollback_lr_factor, "rollback_lr_factor") <= 1.0:
+            raise ValueError(f"rollback_lr_factor must be in (0, 1], got {self.rollback_lr_factor!r}")
         if self.lr is not None and check_finite(self.lr, "lr") <= 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.warmup_epochs > self.epochs:
@@ -201,6 +225,13 @@ class TrainConfig(CommandConfig):
         overrides = {"img_size": self.img_size, "patch_size": self.patch_size, "mask_ratio": self.mask_ratio,
                      "masking": self.masking, "norm_pix_loss": self.norm_pix_loss}
         return MAEConfig.from_name(self.model, **(self.model_overrides or {}), **overrides)
+
+    @property
+    def recovery(self) -> Recovery | None:
+        """The loop's policy for non-finite steps (None with nan_patience 0: stop at the first)."""
+        if not self.nan_patience:
+            return None
+        return Recovery(self.nan_patience, self.max_rollbacks, self.rollback_lr_factor)
 
     @property
     def run_name(self) -> str:

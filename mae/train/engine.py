@@ -1,8 +1,10 @@
 """Pretraining, in the order things happen: set-up, data, model, resume, epochs, checkpoints, report.
 
 The optimisation itself (accumulation, DDP ``no_sync``, autocast, the grad scaler, the per-step lr, the non-finite
-check) is the one training loop of ``mae.runtime.loop``; this module gives it the MAE loss of a batch and saves
-what it trains.
+check and skip) is the one training loop of ``mae.runtime.loop``; this module gives it the MAE loss of a batch, saves
+what it trains, and handles a divergence: the trainer remembers its state at every epoch end (and at the start), and
+when the loop raises ``Diverged`` the run goes back there, with the global random generators as they were, and replays
+the epoch on the data order of its new rollback count (``Batches.set_epoch``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from .._checks import check_fits
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from ..runtime.distributed import DistInfo, barrier, init_distributed, shutdown
-from ..runtime.loop import NonFiniteLossError, Schedule, Trainer, resolve_precision
+from ..runtime.loop import Diverged, NonFiniteLossError, Schedule, Trainer, resolve_precision
 from ..runtime.run_folder import RunLock
 from .config import TrainConfig, require_train_extra
 from .data import Batches, build_data, build_loader, normalize_on_device
-from .report import MetricsLog, finish_run, require_tensorboard
+from .online import ONLINE_DIR, OnlineEval, require_eval_extra
+from .report import MetricsLog, finish_run, read_metrics, require_tensorboard
 from .run import (
     METRICS_FILE,
     TrainCheckpoint,
@@ -107,6 +110,8 @@ def pretrain(
     check_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
     if config.tensorboard:
         require_tensorboard()
+    if config.eval_every:
+        require_eval_extra()
     info = init_distributed(config.device)
     threads_before = torch.get_num_threads()
     if config.threads is not None:
@@ -130,6 +135,9 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
             f"{len(data.dataset)} samples per epoch give no full batch of batch_size={config.batch_size} on each of "
             f"{info.world_size} process(es); lower --batch-size or raise --repeat"
         )
+    online = None
+    if config.eval_every:  # its labelled data is checked before anything is written
+        online = OnlineEval(config, data, run_dir, best=ckpt.train_state.get("online") if ckpt is not None else None)
     with contextlib.ExitStack() as held:
         # Inputs are valid: only now is the run folder created (or, with --overwrite, the previous run deleted).
         if info.is_main:
@@ -141,19 +149,25 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
             if ckpt is not None:
                 _complete_kept_copy(ckpt, run_dir, config.keep_every)
             write_run_config(run_dir, _resolved(config, trainer, data.description, resume=ckpt))
-        epochs = _Epochs(config, trainer, run_dir, last_checkpoint=ckpt.path if ckpt is not None else None)
+        epochs = _Epochs(config, trainer, run_dir, last_checkpoint=ckpt.path if ckpt is not None else None,
+                         online=online)
+        epochs.remember(start_epoch)
         last_loss, epochs_done = None, start_epoch
         with MetricsLog(run_dir / METRICS_FILE, enabled=info.is_main,
                         tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None) as metrics:
             epochs.metrics = metrics
-            for epoch in range(start_epoch, config.epochs):
-                last_loss = epochs.run(loader, epoch)
-                epochs_done = epoch + 1
+            while epochs_done < config.epochs:
+                try:
+                    last_loss = epochs.run(loader, epochs_done)
+                except Diverged as why:
+                    epochs_done = epochs.roll_back(why)
+                    continue
+                epochs_done += 1
                 if config.stop_after_epoch is not None and epochs_done >= config.stop_after_epoch:
                     break
         if info.is_main:
             for line in finish_run(config, trainer.model, run_dir, data, steps=trainer.step,
-                                   seconds=time.perf_counter() - started):
+                                   seconds=time.perf_counter() - started, extra=epochs.summary()):
                 _say(line)
         return TrainResult(run_dir, trainer.model, epochs_done, trainer.step, last_loss)
 
@@ -186,35 +200,48 @@ def _build_trainer(config: TrainConfig, info: DistInfo, batches_per_epoch: int,
         restore_rng_state(state["rng"])
         start_epoch = state["epoch"]
     trainer = Trainer(model, optimizer, schedule, info, precision=resolve_precision(config.precision, info.device),
-                      accum_iter=config.accum_iter, compile=config.compile)
+                      accum_iter=config.accum_iter, compile=config.compile, recovery=config.recovery)
     if ckpt is not None:
-        trainer.resume(state["optimizer"], state["scaler"], state["global_step"])
+        trainer.resume(state["optimizer"], state["scaler"], state["global_step"], state.get("recovery"))
     return trainer, start_epoch
 
 
 @dataclass
 class _Epochs:
-    """One epoch after another: train, log, save what is due."""
+    """One epoch after another: train, log, evaluate and save what is due; go back after a divergence."""
 
     config: TrainConfig
     trainer: Trainer
     run_dir: Path
     last_checkpoint: Path | None = None  # checkpoints/last once it exists
     metrics: MetricsLog | None = None
+    online: OnlineEval | None = None  # rank 0's online evaluation, when asked for
+    good_epoch: int = 0  # the epochs done in the state the trainer remembers
+    good_rng: dict[str, Any] | None = None  # the global random generators then
 
     def run(self, loader: Batches, epoch: int) -> float:
-        """Train one epoch, log its summary, and write the checkpoints it is due. Returns its mean loss."""
+        """Train one epoch, log its summary, and write the checkpoints it is due. Returns its mean loss.
+
+        Raises:
+            Diverged: too many non-finite steps in a row, or non-finite weights at the end (with recovery on).
+        """
         config, trainer, info = self.config, self.trainer, self.trainer.info
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch, trainer.rollbacks)
         t0 = time.perf_counter()
 
         def on_step(record: dict[str, float]) -> None:
             if record["step"] % config.log_every == 0:
                 self.metrics.log({"kind": "step", **record, "epoch": epoch + 1})
 
+        def on_skip(record: dict[str, Any]) -> None:
+            self.metrics.log({"kind": "skip", **record, "epoch": epoch + 1})
+            if info.is_main:
+                _say(f"skipped optimizer step {record['step']}: non-finite {record['non_finite']} "
+                     f"({record['in_a_row']} in a row; --nan-patience {config.nan_patience})")
+
         epoch_loss = trainer.train_epoch(loader, partial(_mae_loss, device=info.device), num_batches=len(loader),
                                          epoch=epoch, epochs=config.epochs, progress=config.progress, on_step=on_step,
-                                         stop_hint=lambda: ", " + self.kept())
+                                         on_skip=on_skip, stop_hint=lambda: ", " + self.kept())
         seconds = time.perf_counter() - t0
         done = epoch + 1
         summary = {"kind": "epoch", "epoch": done, "step": trainer.step, "loss": epoch_loss,
@@ -226,36 +253,96 @@ class _Epochs:
             _say(f"epoch {done}/{config.epochs}  step {trainer.step}  loss {epoch_loss:.4f}  "
                  f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s  "
                  f"data wait {summary['data_wait']:.0%}")
+        self.check_finite_weights(done)  # every process: the weights are the same, so is the decision
+        self.remember(done)
+        best = self.online is not None and self.online.due(done) and info.is_main and self.evaluate(done)
         stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
         keep = bool(config.keep_every) and done % config.keep_every == 0
-        if done % config.save_every == 0 or keep or done == config.epochs or stopping:
-            self.check_finite_weights(done)  # every process: the weights are the same, so is the decision
-            if info.is_main:
-                self.save(done, keep)
+        if info.is_main and (done % config.save_every == 0 or keep or done == config.epochs or stopping):
+            self.save(done, keep, best)
+        elif best:
+            write_train_checkpoint(self.run_dir / "checkpoints" / "best", trainer.model, self.train_state(done))
         barrier(info)
         return epoch_loss
 
-    def save(self, done: int, keep: bool) -> None:
-        """Replace checkpoints/last; on a keep epoch also make the kept copy checkpoints/epoch_XXXX."""
+    def remember(self, done: int) -> None:
+        """The state a rollback returns to: the trainer's, the global random generators', the epochs done."""
+        self.trainer.remember_good_state()
+        self.good_epoch, self.good_rng = done, capture_rng_state()
+
+    def roll_back(self, why: Diverged) -> int:
+        """Go back to the remembered state (the lr lowered once more); returns the epochs done there.
+
+        Raises:
+            NonFiniteLossError: the run has spent its --max-rollbacks; the last good checkpoint is kept.
+        """
+        trainer, at = self.trainer, self.trainer.step
+        step = trainer.roll_back(str(why), ", " + self.kept())
+        restore_rng_state(self.good_rng)
+        record = {"kind": "rollback", "step": at, "to_step": step, "to_epoch": self.good_epoch,
+                  "rollbacks": trainer.rollbacks, "lr_factor": trainer.lr_factor, "reason": str(why)}
+        self.metrics.log(record)
+        if trainer.info.is_main:
+            _say(f"rollback {trainer.rollbacks}/{self.config.max_rollbacks}: {why}; back to step {step} (epoch "
+                 f"{self.good_epoch}), lr x{trainer.lr_factor:g} from now on, another data order")
+        return self.good_epoch
+
+    def evaluate(self, done: int) -> bool:
+        """Rank 0: the online evaluation, logged. Returns whether it is a new best to keep (--keep-best)."""
+        record = self.online(self.trainer.model, done, self.trainer.precision)
+        self.metrics.log({**record, "step": self.trainer.step})
+        _say(f"online eval, epoch {done}: kNN top-1 {record['knn_top1']:.2f}%  masked-patch PSNR "
+             f"{record['recon_psnr']:.2f} dB  ({record['seconds']:.1f} s; {record['figure']})")
+        return record["improved"] and self.config.keep_best
+
+    def train_state(self, done: int) -> dict[str, Any]:
+        """What a checkpoint saves beside the weights (the state of the run after ``done`` epochs)."""
         trainer = self.trainer
-        train_state = {
+        return {
             "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(), "epoch": done,
             "global_step": trainer.step, "rng": capture_rng_state(), "run_config": self.config.to_dict(),
+            "recovery": trainer.recovery_state(),
+            **({"online": self.online.state()} if self.online is not None else {}),
         }
+
+    def save(self, done: int, keep: bool, best: bool) -> None:
+        """Replace checkpoints/last; on a keep epoch also make the kept copy checkpoints/epoch_XXXX, on a new best
+        checkpoints/best (copies share the files of last)."""
         checkpoints = self.run_dir / "checkpoints"
-        self.last_checkpoint = write_train_checkpoint(checkpoints / "last", trainer.model, train_state)
+        self.last_checkpoint = write_train_checkpoint(checkpoints / "last", self.trainer.model, self.train_state(done))
         if keep:
             keep_train_checkpoint(self.last_checkpoint, checkpoints / f"epoch_{done:04d}")
+        if best:
+            keep_train_checkpoint(self.last_checkpoint, checkpoints / "best")
 
     def check_finite_weights(self, done: int) -> None:
-        """Never save non-finite weights as the last good checkpoint (a finite loss does not guarantee them)."""
+        """Never keep non-finite weights as a good state (a finite loss does not guarantee them)."""
         bad = [k for k, v in self.trainer.model.state_dict().items()
                if v.is_floating_point() and not bool(v.isfinite().all())]
-        if bad:
-            raise NonFiniteLossError(
-                f"the weights became non-finite during epoch {done} ({len(bad)} tensor(s), e.g. {bad[0]}) although "
-                f"the loss stayed finite; nothing was saved, {self.kept()}. Lower --blr/--lr or use --precision fp32"
-            )
+        if not bad:
+            return
+        what = f"the weights became non-finite during epoch {done} ({len(bad)} tensor(s), e.g. {bad[0]})"
+        if self.trainer.recovery is not None:
+            raise Diverged(what)
+        raise NonFiniteLossError(f"{what} although the loss stayed finite; nothing was saved, {self.kept()}. Lower "
+                                 "--blr/--lr or use --precision fp32")
+
+    def summary(self) -> dict[str, Any]:
+        """What summary.json adds about divergence and online evaluation (the events of the whole run, resumes
+        included, from metrics.jsonl)."""
+        records = read_metrics(self.run_dir / METRICS_FILE)
+        out: dict[str, Any] = {"recovery": {
+            "rollbacks": self.trainer.rollbacks, "lr_factor": self.trainer.lr_factor,
+            "skipped_steps": [r["step"] for r in records if r.get("kind") == "skip"],
+            "rollback_events": [{k: r[k] for k in ("step", "to_step", "to_epoch", "reason")}
+                                for r in records if r.get("kind") == "rollback"],
+        }}
+        if self.online is not None:
+            evals = [r for r in records if r.get("kind") == "eval"]
+            out["online"] = {"best_knn_top1": self.online.best["knn_top1"], "best_epoch": self.online.best["epoch"],
+                             "last": {k: evals[-1][k] for k in ("epoch", "knn_top1", "recon_mse", "recon_psnr")}
+                             if evals else None, "figures": ONLINE_DIR}
+        return out
 
     def kept(self) -> str:
         """Where the last good state is, for the messages of a stop."""

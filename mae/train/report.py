@@ -22,6 +22,7 @@ to ``heldout_images.pt``, the exact normalised batch scored, a plain (N, C, H, W
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +41,8 @@ from .run import HELDOUT_IMAGES_FILE, METRICS_FILE, SUMMARY_FILE
 
 __all__ = ["HELDOUT_IMAGES", "HELDOUT_SEED", "LOSS_FIGURE", "RECONSTRUCTION_FIGURE", "HeldoutScores", "MetricsLog",
            "finish_run", "heldout_batch", "heldout_scores", "loss_history", "mean_colour_prediction",
-           "open_tensorboard", "read_metrics", "require_tensorboard", "save_figures", "write_summary"]
+           "open_tensorboard", "pixel_scores", "predicted_patches", "read_metrics", "require_tensorboard",
+           "save_figures", "write_summary"]
 
 # ---------------------------------------------------------------------------------------------- metrics
 
@@ -61,7 +63,7 @@ class MetricsLog:
         self._file.flush()  # a crash keeps everything logged so far
         if self._tb is not None:
             step = record.get("step", 0)
-            prefix = "train" if record.get("kind") == "step" else "epoch"
+            prefix = "train" if record.get("kind") == "step" else record.get("kind", "epoch")  # epoch, eval, ...
             for key, value in record.items():
                 if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{prefix}/{key}", value, step)
@@ -172,17 +174,19 @@ def mean_colour_prediction(target: Tensor, mask: Tensor, in_chans: int) -> Tenso
 
 
 @torch.no_grad()
-def heldout_scores(model: MaskedAutoEncoder, imgs: Tensor, noise: Tensor) -> HeldoutScores:
-    """The model's masked-patch MSE on ``imgs`` and the mean-colour baseline's, with the masking fixed by ``noise``.
+def predicted_patches(model: MaskedAutoEncoder, imgs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The model's prediction of ``imgs`` with the masking fixed by ``noise``, in the space of ``imgs``.
 
-    Both are MSEs over the removed patches in the normalised input space (the space of ``imgs``). A norm_pix_loss
-    model's prediction is first de-normalised with the TRUE mean and std of each target patch (``patch_mean_std``),
-    so its score measures the shape it predicts, with brightness and contrast taken from the answer.
+    A norm_pix_loss model's prediction is de-normalised with the TRUE mean and std of each target patch
+    (``patch_mean_std``): what it is scored on is the shape it predicts, brightness and contrast taken from the answer.
 
     Args:
-        model: the trained model (switched to eval mode for the call and restored after).
+        model: the model (switched to eval mode for the call and restored after).
         imgs: (B, C, H, W) normalised images, e.g. from ``heldout_batch``.
         noise: (B, L) masking noise (small = kept).
+
+    Returns:
+        ``(pred (B, L, P), target (B, L, P), mask (B, L))`` in float32, mask 1 = removed.
     """
     imgs, noise = imgs.to(model.device), noise.to(model.device)
     was_training = model.training
@@ -196,9 +200,40 @@ def heldout_scores(model: MaskedAutoEncoder, imgs: Tensor, noise: Tensor) -> Hel
     if model.config.norm_pix_loss:
         mean, std = patch_mean_std(target)  # (B, L, 1) each
         pred = pred * std + mean
+    return pred, target, mask
+
+
+@torch.no_grad()
+def heldout_scores(model: MaskedAutoEncoder, imgs: Tensor, noise: Tensor) -> HeldoutScores:
+    """The model's masked-patch MSE on ``imgs`` and the mean-colour baseline's, with the masking fixed by ``noise``.
+
+    Both are MSEs over the removed patches in the normalised input space (the space of ``imgs``), the model's
+    prediction as ``predicted_patches`` gives it.
+    """
+    pred, target, mask = predicted_patches(model, imgs, noise)
     baseline = mean_colour_prediction(target, mask, model.config.in_chans)
     return HeldoutScores(float(masked_mse_loss(pred, target, mask)),
                          float(masked_mse_loss(baseline, target, mask)))
+
+
+@torch.no_grad()
+def pixel_scores(model: MaskedAutoEncoder, imgs: Tensor, noise: Tensor) -> tuple[float, float]:
+    """``(mse, psnr)`` of the removed patches in pixel space: values in [0, 1], peak 1, ``psnr = 10 log10(1 / mse)``.
+
+    Prediction and target (``predicted_patches``) are de-normalised with the ImageNet mean and std of each channel;
+    the prediction is clipped to [0, 1], as a figure shows it.
+    """
+    pred, target, mask = predicted_patches(model, imgs, noise)
+    mse = float(masked_mse_loss(_to_pixels(pred).clamp(0.0, 1.0), _to_pixels(target), mask))
+    return mse, 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _to_pixels(patches: Tensor) -> Tensor:
+    """(B, L, P) patches of ImageNet-normalised RGB (channel fastest in each patch vector) -> pixel values."""
+    B, L, P = patches.shape
+    mean = torch.tensor(IMAGENET_MEAN, device=patches.device)  # (C,)
+    std = torch.tensor(IMAGENET_STD, device=patches.device)  # (C,)
+    return (patches.reshape(B, L, P // len(mean), len(mean)) * std + mean).reshape(B, L, P)  # (B, L, P)
 
 
 # ---------------------------------------------------------------------------------------------- figures and summary
@@ -224,9 +259,11 @@ def save_figures(run_dir: Path, model: MaskedAutoEncoder, images: Tensor, *, cap
 
 
 def write_summary(run_dir: Path, model: MaskedAutoEncoder, *, steps: int, seconds: float,
-                  heldout: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
-    """Write ``summary.json`` (and, given the held-out ``(imgs, noise)``, score them and save ``imgs``); return it."""
-    summary: dict[str, Any] = {"norm_pix_loss": model.config.norm_pix_loss, "steps": steps, "seconds": seconds}
+                  heldout: tuple[Tensor, Tensor] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``summary.json`` (and, given the held-out ``(imgs, noise)``, score them and save ``imgs``); return it.
+    ``extra``: more entries (the engine's divergence and online-evaluation record)."""
+    summary: dict[str, Any] = {"norm_pix_loss": model.config.norm_pix_loss, "steps": steps, "seconds": seconds,
+                               **(extra or {})}
     if heldout is not None:
         imgs, noise = heldout
         scores = heldout_scores(model, imgs, noise)
@@ -238,14 +275,15 @@ def write_summary(run_dir: Path, model: MaskedAutoEncoder, *, steps: int, second
     return summary
 
 
-def finish_run(config, model: MaskedAutoEncoder, run_dir: Path, data, *, steps: int, seconds: float) -> list[str]:
+def finish_run(config, model: MaskedAutoEncoder, run_dir: Path, data, *, steps: int, seconds: float,
+               extra: dict[str, Any] | None = None) -> list[str]:
     """Rank 0 at the end of a run: the summary (the default run scored on the held-out photos), then the figures
     of the scored batch with its masks. Returns the lines to print."""
     heldout, caption, noise, lines = None, data.figure_caption, None, []
     mc = model.config
     if config.data is None:
         heldout = heldout_batch(config.img_size, MaskingSpec.of(mc))
-    summary = write_summary(run_dir, model, steps=steps, seconds=seconds, heldout=heldout)
+    summary = write_summary(run_dir, model, steps=steps, seconds=seconds, heldout=heldout, extra=extra)
     if heldout is not None:
         target = ("normalised-pixel predictions de-normalised with the true patch statistics" if mc.norm_pix_loss
                   else "pixel predictions")

@@ -56,8 +56,9 @@ RUN_FORMAT = "mae-pretrain-run"
 _RUN_MARKERS = (RUN_CONFIG_FILE, METRICS_FILE, "checkpoints")
 # Everything the trainer writes in a run folder, and in its checkpoints folder.
 _OURS = {RUN_CONFIG_FILE, METRICS_FILE, LOCK_FILE, "checkpoints", "tensorboard", "loss.png", "reconstructions.png",
-         SUMMARY_FILE, HELDOUT_IMAGES_FILE}
-_OUR_CHECKPOINT = re.compile(r"last|epoch_\d{4,}|\..+\.old|\..+" + re.escape(TEMP_SUFFIX))
+         SUMMARY_FILE, HELDOUT_IMAGES_FILE, "online"}
+_OUR_CHECKPOINT = re.compile(r"last|best|epoch_\d{4,}|\..+\.old|\..+" + re.escape(TEMP_SUFFIX))
+_OUR_FIGURE = re.compile(r"recon_epoch_\d{4,}\.png|\..+" + re.escape(TEMP_SUFFIX))  # in online/
 
 
 def _is_run(path: Path) -> bool:
@@ -76,6 +77,9 @@ def _foreign_entries(run_dir: Path) -> list[str]:
     checkpoints = run_dir / "checkpoints"
     if checkpoints.is_dir():
         foreign += [f"checkpoints/{p.name}" for p in checkpoints.iterdir() if not _OUR_CHECKPOINT.fullmatch(p.name)]
+    online = run_dir / "online"
+    if online.is_dir():
+        foreign += [f"online/{p.name}" for p in online.iterdir() if not _OUR_FIGURE.fullmatch(p.name)]
     return sorted(foreign)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
@@ -23,7 +24,7 @@ from .augment import MaskingSpec, center_view, collate_samples, normalize_on_dev
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
-__all__ = ["Batches", "RunData", "build_data", "build_loader", "normalize_on_device"]
+__all__ = ["Batches", "RunData", "build_data", "build_loader", "data_seed", "normalize_on_device"]
 
 
 class RunData(NamedTuple):
@@ -79,16 +80,20 @@ class Batches:
     i.e. the time the training loop could not run because the next batch was not ready.
     """
 
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None) -> None:
-        self.loader, self.sampler, self.wait_seconds = loader, sampler, 0.0
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None, seed: int) -> None:
+        self.loader, self.sampler, self.seed, self.wait_seconds = loader, sampler, seed, 0.0
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch: reshuffles, re-seeds the augmentation, and resets the wait clock."""
+    def set_epoch(self, epoch: int, rollbacks: int = 0) -> None:
+        """Call before each epoch: reshuffles, re-seeds the augmentation (with the run's rollbacks mixed in), and
+        resets the wait clock."""
+        seed = data_seed(self.seed, rollbacks)
         if self.sampler is not None:
+            self.sampler.seed = seed
             self.sampler.set_epoch(epoch)
+        self.loader.dataset.seed = seed  # workers copy the dataset when the epoch's iterator starts
         self.loader.dataset.set_epoch(epoch)
         self.wait_seconds = 0.0
 
@@ -117,4 +122,9 @@ def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, nu
                                      drop_last=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                         pin_memory=pin_memory, collate_fn=collate_samples)
-    return Batches(loader, sampler)
+    return Batches(loader, sampler, seed)
+
+
+def data_seed(seed: int, rollbacks: int) -> int:
+    """The seed of the data after ``rollbacks`` rollbacks: the run's own before any, another one after each."""
+    return seed if rollbacks == 0 else int(np.random.SeedSequence([seed, rollbacks]).generate_state(1)[0])

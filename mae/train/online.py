@@ -1,0 +1,134 @@
+"""Online evaluation during pretraining (``--eval-every N``): how good the encoder is while it trains.
+
+Every N epochs, on rank 0 (the other processes wait at the end of the epoch):
+
+- kNN top-1 of the current encoder on a labelled set (``--eval-data``, default scikit-learn's digits at the run's
+  image size) with ``mae-knn``'s protocol and defaults (``KNNConfig``: cls token after the final norm, k 20, T 0.07,
+  the evaluation crop), through the same functions (``pooled_features``, ``knn_scores``, ``topk_accuracy``);
+- the masked-patch reconstruction error and PSNR in pixel space (``report.pixel_scores``) on a fixed batch of the
+  training data's kind: on the built-in photographs the held-out crops the final score uses (``heldout_batch``), with
+  ``--data`` the figure views of its first images (it has no held-out split), masked with noise drawn once from
+  ``HELDOUT_SEED``;
+- ``<run>/online/recon_epoch_XXXX.png``: that batch reconstructed, one figure per evaluation.
+
+It changes nothing the training sees: no gradient, the model back in train mode, the global random generators left
+as they were, so a run trains the same weights with or without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..model import MaskedAutoEncoder
+from ..runtime.cli import require_extra
+from ..runtime.loop import autocast
+from ..visualize import reconstruction_figure
+from .config import TrainConfig
+from .data import MaskingSpec, RunData
+from .report import HELDOUT_SEED, heldout_batch, pixel_scores
+
+try:  # the eval extra is optional for pretraining: only --eval-every needs it (require_eval_extra says so)
+    from ..eval.config import KNNConfig
+    from ..eval.data import LabelledData, eval_transform, load_data
+    from ..eval.features import pooled_features
+    from ..eval.knn import knn_scores, topk_accuracy
+except ImportError as err:
+    _EVAL_IMPORT_ERROR: ImportError | None = err
+else:
+    _EVAL_IMPORT_ERROR = None
+
+__all__ = ["EVAL_EXTRA", "ONLINE_DIR", "OnlineEval", "require_eval_extra"]
+
+EVAL_EXTRA = {"sklearn": "scikit-learn", "PIL": "pillow", "torchvision": "torchvision", "tqdm": "tqdm"}
+ONLINE_DIR = "online"
+_BATCH = 256  # images per forward pass of the feature extraction
+
+
+def require_eval_extra() -> None:
+    """Raise ``MissingExtraError`` naming the eval extra when ``--eval-every`` cannot run for want of a package."""
+    require_extra("eval", EVAL_EXTRA, "--eval-every")
+    if _EVAL_IMPORT_ERROR is not None:
+        raise _EVAL_IMPORT_ERROR
+
+
+class OnlineEval:
+    """The labelled set, the fixed reconstruction batch and the best kNN top-1 so far, for one run.
+
+    Args:
+        config: the run (``eval_every``, ``eval_data``, ``img_size``, ``num_workers``).
+        data: the run's data (its figure batch is the reconstruction batch with ``--data``).
+        run_dir: where ``online/`` goes.
+        best: a resumed run's ``state()``.
+    """
+
+    def __init__(self, config: TrainConfig, data: RunData, run_dir: Path, best: dict[str, Any] | None = None) -> None:
+        require_eval_extra()
+        self.every, self.run_dir = config.eval_every, run_dir
+        self.knn = {f.name: f.default for f in dataclasses.fields(KNNConfig)}  # mae-knn's defaults
+        tf = eval_transform(config.img_size, self.knn["crop_pct"])
+        self.labelled: LabelledData = load_data(config.eval_data, config.img_size, tf, tf)
+        self.workers = 0 if config.eval_data is None else config.num_workers  # the digits decode in no time
+        self.images, self.noise = _recon_batch(config, data)
+        self.best = dict(best) if best else {"knn_top1": None, "epoch": None}
+
+    def due(self, done: int) -> bool:
+        return done % self.every == 0
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so that a resumed run still knows its best epoch."""
+        return dict(self.best)
+
+    @torch.no_grad()
+    def __call__(self, model: MaskedAutoEncoder, done: int, precision: str) -> dict[str, Any]:
+        """Evaluate ``model`` after epoch ``done``; returns the metrics record (``"improved"``: a new best top-1)."""
+        t0 = time.perf_counter()
+        device = model.device
+        was_training = model.training
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model.eval()
+            try:
+                train = self._features(model, self.labelled.train, precision)
+                val = self._features(model, self.labelled.val, precision)
+            finally:
+                model.train(was_training)
+            scores = knn_scores(*train, val[0], self.labelled.num_classes, k=self.knn["k"],
+                                temperature=self.knn["temperature"])
+            top1 = topk_accuracy(scores, val[1], (1,))[1]
+            mse, psnr = pixel_scores(model, self.images, self.noise)
+            figure = self.run_dir / ONLINE_DIR / f"recon_epoch_{done:04d}.png"
+            reconstruction_figure(model, self.images.to(device), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                  noise=self.noise.to(device), path=figure,
+                                  title=f"epoch {done}: masked-patch PSNR {psnr:.2f} dB, kNN top-1 {top1:.1f}%")
+        improved = self.best["knn_top1"] is None or top1 > self.best["knn_top1"]
+        if improved:
+            self.best = {"knn_top1": top1, "epoch": done}
+        return {"kind": "eval", "epoch": done, "knn_top1": top1, "recon_mse": mse, "recon_psnr": psnr,
+                "best_knn_top1": self.best["knn_top1"], "improved": improved,
+                "seconds": time.perf_counter() - t0, "figure": str(figure.relative_to(self.run_dir))}
+
+    def _features(self, model: MaskedAutoEncoder, dataset: Dataset, precision: str) -> tuple[Tensor, Tensor]:
+        """Pooled features (N, D) and labels (N,) of a labelled split, on the model's device."""
+        features, labels = [], []
+        for imgs, y in DataLoader(dataset, batch_size=_BATCH, num_workers=self.workers):
+            with autocast(precision, model.device):
+                features.append(pooled_features(model, imgs.to(model.device), self.knn["pool"]).float())
+            labels.append(y.to(model.device))
+        return torch.cat(features), torch.cat(labels)  # (N, D), (N,)
+
+
+def _recon_batch(config: TrainConfig, data: RunData) -> tuple[Tensor, Tensor]:
+    """The fixed batch scored and drawn at each evaluation: normalised images (N, C, H, W) and noise (N, L)."""
+    masking = MaskingSpec.of(config.model_config)
+    if config.data is None:
+        return heldout_batch(config.img_size, masking)
+    generator = torch.Generator().manual_seed(HELDOUT_SEED)
+    noise = torch.stack([masking.draw(generator) for _ in range(len(data.figure_images))])  # (N, L)
+    return data.figure_images, noise
