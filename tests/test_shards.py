@@ -301,12 +301,26 @@ def test_a_huge_brace_pattern_is_refused_fast(tmp_path):
         expand_braces("{0..3}", limit=3)
 
 
-def fifo(path):
-    os.mkfifo(path)
-    return path
+@pytest.fixture
+def fifo():
+    """``fifo(path)`` makes a FIFO; afterwards any reader a regression left waiting on one is released (a writer
+    opens and closes it), so that a failed test does not keep the session from ending."""
+    made = []
+
+    def make(path):
+        os.mkfifo(path)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waiting (ENXIO), or the FIFO was removed
+            pass
 
 
-def test_a_fifo_as_data_is_refused_not_waited_on(tmp_path, capsys):
+def test_a_fifo_as_data_is_refused_not_waited_on(tmp_path, capsys, fifo):
     from mae.train.cli import main as pretrain_main
 
     for name in ["pipe", "pipe.tar"]:
@@ -316,7 +330,7 @@ def test_a_fifo_as_data_is_refused_not_waited_on(tmp_path, capsys):
         assert code == 2 and "FIFO" in err and name in err and "Traceback" not in err
 
 
-def test_a_fifo_as_a_shard_is_refused(tmp_path):
+def test_a_fifo_as_a_shard_is_refused(tmp_path, fifo):
     folder = shard_folder(tmp_path)
     pipe = fifo(tmp_path / "pipe.tar")
     with pytest.raises(ValueError, match=r"pipe\.tar' is a FIFO \(named pipe\), not a regular file"):
@@ -333,7 +347,7 @@ def test_a_fifo_as_a_shard_is_refused(tmp_path):
         within(10, resolve_shards, str(folder))
 
 
-def test_a_fifo_in_an_image_folder_is_skipped_and_named(tmp_path):
+def test_a_fifo_in_an_image_folder_is_skipped_and_named(tmp_path, fifo):
     src = solid_images(tmp_path / "src", 3)
     fifo(src / "pipe.png")
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) out of 4 \(e\.g\. .*pipe\.png"):
