@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import stat
+import threading
 
 import pytest
 import torch
@@ -178,3 +179,22 @@ def test_save_pretrained_never_replaces_a_users_own_files(tmp_path):
     assert same_weights(mae.from_pretrained(folder), tiny(1))
     mae.save_pretrained(tiny(2), folder)  # ours now: updated in place without asking
     assert same_weights(mae.from_pretrained(folder), tiny(2))
+
+
+def test_a_fifo_given_as_a_checkpoint_is_refused_not_waited_on(tmp_path):
+    """from_pretrained opened a FIFO and waited for a writer forever."""
+    os.mkfifo(tmp_path / "model.safetensors")
+    errors: list = []
+
+    def load():
+        try:
+            mae.from_pretrained(tmp_path / "model.safetensors")
+        except ValueError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():  # a regression: release the reader so the session can end, then fail
+        os.close(os.open(tmp_path / "model.safetensors", os.O_WRONLY | os.O_NONBLOCK))
+    assert not thread.is_alive() and "is a FIFO (named pipe), not a regular file" in str(errors[0])
