@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,8 @@ __all__ = [
     "check_finite", "check_fits", "check_generator", "check_grid_mask_args", "check_images", "check_indices",
     "check_int", "check_loss_inputs", "check_mask", "check_mask_args", "check_mask_ratio", "check_masking",
     "check_masking_args", "check_model_fits", "check_mse_args", "check_noise", "check_non_negative_int",
-    "check_patches", "check_pos_embed_args", "check_positive_int", "check_removes_some", "check_shaped",
-    "check_str", "check_tensor", "check_unpatchify_args", "to_pair",
+    "check_patches", "check_pos_embed_args", "check_positive_int", "check_regular_file", "check_removes_some",
+    "check_shaped", "check_str", "check_tensor", "check_unpatchify_args", "special_file_kind", "to_pair",
 ]
 
 
@@ -111,6 +112,30 @@ def check_str(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {value!r} ({type(value).__name__})")
     return str(value)
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is a FIFO, a device or a socket (links followed), else None.
+
+    Opening such a file may block forever (a FIFO waits for a writer) or never end (``/dev/zero``), so every path
+    argument is looked at with ``os.stat`` before it is opened.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, a broken link, a NUL in the name: the caller's open says so
+        return None
+    return next((kind for is_kind, kind in _SPECIAL_KINDS if is_kind(mode)), None)
+
+
+def check_regular_file(path: str | os.PathLike, name: str) -> None:
+    """Refuse a FIFO, device or socket given where a file is read (see ``special_file_kind``)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(f"{name} {str(path)!r} is {kind}, not a regular file; expected a file on disk")
 
 
 def check_tensor(value: Any, name: str, shape: str, ndim: int | None = None) -> Tensor:

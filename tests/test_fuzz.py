@@ -12,8 +12,12 @@ draws good values for the rest, so both the accepting and the refusing side are 
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +37,7 @@ from mae._checks import (
     check_positive_int,
     to_pair,
 )
+from mae.train.data.shards import MANIFEST_FORMAT, MAX_SHARD_NAMES, expand_braces, resolve_shards
 
 ACCEPTED = (ValueError, TypeError, FileNotFoundError)
 HUGE = 2**40  # a size no machine holds: must be refused before anything is allocated
@@ -529,3 +534,65 @@ def test_loss_curve_figure_arguments(tmp_path):
     for name, (_, bad_values) in specs.items():
         for value in bad_values:
             check_call(visualize.loss_curve_figure, {**good, name: value}, {name})
+
+
+# ---------------------------------------------------------------------------------------------- shard manifests
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+SHARD_BYTES = b"\0" * 1024  # an empty tar: the reader only checks names, sizes and checksums here
+
+
+def good_manifest() -> dict:
+    return {"format": MANIFEST_FORMAT, "version": 1, "shards": [
+        {"name": "shard-000000.tar", "count": 1, "size": len(SHARD_BYTES), "sha256": "0" * 64}]}
+
+
+@st.composite
+def manifests(draw) -> object:
+    """A good manifest with one key spoiled (replaced by any JSON value, or removed), or any JSON value at all."""
+    manifest = good_manifest()
+    where = draw(st.sampled_from(["top", "entry", "anything"]))
+    if where == "anything":
+        return draw(JSON_VALUE)
+    target = manifest if where == "top" else manifest["shards"][0]
+    key = draw(st.sampled_from(sorted(target)))
+    if draw(st.booleans()):
+        del target[key]
+    else:
+        target[key] = draw(JSON_VALUE)
+    return manifest
+
+
+@FUZZ
+@given(content=manifests())
+def test_manifest_reader_names_what_is_wrong(content):
+    """Any manifest content: read, or a ValueError/FileNotFoundError naming the manifest or the shard, never a
+    KeyError, IndexError or TypeError from inside the reader."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "shard-000000.tar").write_bytes(SHARD_BYTES)
+        (Path(folder) / "manifest.json").write_text(json.dumps(content))
+        try:
+            paths, manifest = resolve_shards(folder)
+        except (ValueError, FileNotFoundError) as err:
+            assert "manifest.json" in str(err) or "shard" in str(err), err
+            assert "\n" not in str(err)
+        else:
+            assert [p.name for p in paths] == ["shard-000000.tar"] and manifest == content
+
+
+@FUZZ
+@given(pattern=st.text(alphabet="{}.,0123456789a", max_size=40)
+       | st.sampled_from(["s-{0..99999999}.tar", "{0..9}" * 9, "{a,b}" * 30, "{0..99999}{0..99999}"]))
+def test_brace_patterns_expand_or_are_refused_quickly(pattern):
+    start = time.perf_counter()
+    try:
+        names = expand_braces(pattern)
+    except ValueError as err:
+        assert "--data" in str(err)
+    else:
+        assert 1 <= len(names) <= MAX_SHARD_NAMES
+    assert time.perf_counter() - start < 5

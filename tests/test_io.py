@@ -4,9 +4,11 @@ and the one atomic writer (permissions, temporaries)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import stat
+import threading
 
 import pytest
 import torch
@@ -129,3 +131,70 @@ def test_loading_and_saving_name_their_bad_arguments(tmp_path):
         mae.save_pretrained(model, 3)
     with pytest.raises(TypeError, match="model"):
         mae.io.load_checkpoint("not a model", folder)
+
+
+def poisoned(model: MaskedAutoEncoder) -> MaskedAutoEncoder:
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight[0, 0] = math.nan
+        model.decoder_pred.bias[1] = math.inf
+    return model
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_unless_asked(tmp_path):
+    """Non-finite weights loaded (and evaluated at chance) without a word."""
+    state = poisoned(tiny()).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "diverged.safetensors")
+    names = r"\(blocks\.0\.attn\.qkv\.weight, decoder_pred\.bias\)"
+    with pytest.raises(ValueError, match=rf"diverged\.safetensors: 2 tensor\(s\) hold NaN.*{names}.*non_finite=True"):
+        mae.from_pretrained(tmp_path / "diverged.safetensors")
+    with pytest.raises(ValueError, match="allow_non_finite"):
+        load_checkpoint(tiny(), state)
+    model = mae.from_pretrained(tmp_path / "diverged.safetensors", allow_non_finite=True)
+    assert math.isnan(model.blocks[0].attn.qkv.weight[0, 0].item()) and math.isinf(model.decoder_pred.bias[1].item())
+    with pytest.raises(TypeError, match="allow_non_finite"):
+        mae.from_pretrained(tmp_path / "diverged.safetensors", allow_non_finite="yes")
+
+
+def test_nan_weights_are_never_saved(tmp_path):
+    with pytest.raises(ValueError, match=r"2 tensor\(s\) hold NaN or infinite values.*nothing was written"):
+        mae.save_pretrained(poisoned(tiny()), tmp_path / "m")
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_save_pretrained_never_replaces_a_users_own_files(tmp_path):
+    """save_pretrained replaced a user's own model.safetensors in a folder it had not written."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    save_file({"w": torch.ones(3)}, folder / "model.safetensors")
+    before = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"holds model\.safetensors that mae-pytorch did not write.*overwrite=True"):
+        mae.save_pretrained(tiny(), folder)
+    assert (folder / "model.safetensors").read_bytes() == before and sorted(os.listdir(folder)) == [
+        "model.safetensors"]
+    (folder / "config.json").write_text('{"model_type": "bert"}')  # someone else's config: not ours either
+    with pytest.raises(ValueError, match=r"config\.json and model\.safetensors that mae-pytorch did not write"):
+        mae.save_pretrained(tiny(), folder)
+    assert (folder / "model.safetensors").read_bytes() == before
+    mae.save_pretrained(tiny(1), folder, overwrite=True)
+    assert same_weights(mae.from_pretrained(folder), tiny(1))
+    mae.save_pretrained(tiny(2), folder)  # ours now: updated in place without asking
+    assert same_weights(mae.from_pretrained(folder), tiny(2))
+
+
+def test_a_fifo_given_as_a_checkpoint_is_refused_not_waited_on(tmp_path):
+    """from_pretrained opened a FIFO and waited for a writer forever."""
+    os.mkfifo(tmp_path / "model.safetensors")
+    errors: list = []
+
+    def load():
+        try:
+            mae.from_pretrained(tmp_path / "model.safetensors")
+        except ValueError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():  # a regression: release the reader so the session can end, then fail
+        os.close(os.open(tmp_path / "model.safetensors", os.O_WRONLY | os.O_NONBLOCK))
+    assert not thread.is_alive() and "is a FIFO (named pipe), not a regular file" in str(errors[0])

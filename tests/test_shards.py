@@ -6,7 +6,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import re
 import tarfile
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ import torch
 from PIL import Image
 
 from mae.train.data.augment import MaskingSpec
-from mae.train.data.datasets import ImageFiles, PretrainSamples
+from mae.train.data.datasets import ImageFiles, PretrainSamples, scan_image_folder
 from mae.train.data.make_shards import main as make_shards
 from mae.train.data.shards import ShardSamples, expand_braces, is_shard_spec, resolve_shards
 
@@ -180,3 +184,173 @@ def test_missing_inputs_are_named_as_inputs(tmp_path, capsys):
     assert "--data" in err and "do not exist" in err and "cannot write" not in err and "Traceback" not in err
     assert make_shards([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "SRC_DIR" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- hostile inputs
+
+
+def within(seconds: float, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a daemon thread: its result (or its exception), or a test failure after ``seconds``
+    instead of a hang (a FIFO opened for reading waits for a writer forever)."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 (handed to the test below)
+            out["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds} s: it hangs"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def shard_folder(tmp_path, n=6, shard_size=3):
+    assert make_shards([str(solid_images(tmp_path / "src", n)), str(tmp_path / "out"), "--shard-size",
+                        str(shard_size)]) == 0
+    return tmp_path / "out"
+
+
+def edit_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda m: m["shards"][1].pop("sha256"), "shards[1].sha256"),
+    (lambda m: m["shards"][0].pop("name"), "shards[0].name"),
+    (lambda m: m.pop("shards"), "shards"),
+    (lambda m: m["shards"][0].update(size="12"), "shards[0].size"),
+    (lambda m: m.update(shards={"a": 1}), "shards"),
+    (lambda m: m["shards"].__setitem__(0, "shard-000000.tar"), "shards[0]"),
+])
+def test_a_manifest_missing_a_key_is_named(tmp_path, change, key):
+    """A missing key was a KeyError traceback; a wrong type a TypeError deep in the reader."""
+    folder = shard_folder(tmp_path)
+    edit_manifest(folder, change)
+    with pytest.raises(ValueError, match=re.escape(f"key {key!r}")) as err:
+        resolve_shards(str(folder))
+    assert "manifest.json" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../x.tar", "/etc/passwd", "sub/shard.tar", "..", "link.tar"])
+def test_a_manifest_name_outside_the_folder_is_refused(tmp_path, name):
+    """'../x.tar' and absolute names were read from wherever they pointed."""
+    folder = shard_folder(tmp_path)
+    outside = tmp_path / "x.tar"
+    outside.write_bytes((folder / "shard-000000.tar").read_bytes())
+    (folder / "link.tar").symlink_to(outside)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "shard.tar").write_bytes(outside.read_bytes())
+    edit_manifest(folder, lambda m: m["shards"][0].update(name=name))
+    with pytest.raises(ValueError, match=r"key 'shards\[0\]\.name' must be a plain file name inside the manifest's"):
+        resolve_shards(str(folder))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shard_changed_after_conversion_is_detected(tmp_path, num_workers):
+    """A byte flipped in a shard's padding (the tar still reads, every image decodes) was never noticed."""
+    folder = shard_folder(tmp_path)
+    shard = folder / "shard-000001.tar"
+    with tarfile.open(shard) as tar:
+        info = tar.next()
+    padding = info.offset_data + info.size  # the member's data ends inside a 512-byte block: zeros follow
+    assert padding % 512, "the test needs a member whose size is not a multiple of 512"
+    raw = bytearray(shard.read_bytes())
+    raw[padding] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    shards, manifest = resolve_shards(str(folder))  # same size: only the checksum tells
+    data = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=0,
+                        sha256=[entry["sha256"] for entry in manifest["shards"]])
+    data.split(rank=0, world_size=1, batch_size=2)
+    data.set_epoch(0)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, num_workers=num_workers)
+    with pytest.raises(ValueError, match=r"shard-000001\.tar' is corrupt or was changed since mae-make-shards"):
+        within(60, list, loader)
+    data.set_epoch(1)  # verified once per run: later epochs trust the first
+    assert len(within(60, list, torch.utils.data.DataLoader(data, batch_size=2, num_workers=num_workers))) == 3
+
+
+def test_each_shard_is_verified_by_exactly_one_reader():
+    """Every (rank, worker) pair of every process verifies its own shards: together each shard once."""
+    owners = []
+    for world_size, workers in [(1, 1), (2, 3), (4, 2), (3, 5)]:
+        data = ShardSamples.__new__(ShardSamples)  # the split needs no shard read
+        data.shards, data.sha256 = [None] * 11, ["0" * 64] * 11
+        owners = []
+        for rank in range(world_size):
+            data.rank, data.world_size = rank, world_size
+            owners += [s for worker in range(workers) for s in data.verified_by(worker, workers)]
+        assert sorted(owners) == list(range(11))
+
+
+def test_a_huge_brace_pattern_is_refused_fast(tmp_path):
+    """{0..99999999} built 10^8 names (gigabytes, minutes) before looking at one."""
+    for pattern in ["s-{0..99999999}.tar", "s-{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}{0..9}.tar",
+                    "s-{" + "9" * 5000 + "..0}.tar"]:
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=r"more than (100000 shards \(the limit, MAX_SHARD_NAMES\)|18 digits)"):
+            within(10, resolve_shards, str(tmp_path / pattern))
+        assert time.perf_counter() - start < 2
+    with pytest.raises(ValueError, match="more than 3 shards"):
+        expand_braces("{0..3}", limit=3)
+
+
+@pytest.fixture
+def fifo():
+    """``fifo(path)`` makes a FIFO; afterwards any reader a regression left waiting on one is released (a writer
+    opens and closes it), so that a failed test does not keep the session from ending."""
+    made = []
+
+    def make(path):
+        os.mkfifo(path)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waiting (ENXIO), or the FIFO was removed
+            pass
+
+
+def test_a_fifo_as_data_is_refused_not_waited_on(tmp_path, capsys, fifo):
+    from mae.train.cli import main as pretrain_main
+
+    for name in ["pipe", "pipe.tar"]:
+        code = within(60, pretrain_main, ["--data", str(fifo(tmp_path / name)), "--output-dir",
+                                          str(tmp_path / "runs"), "--name", name.replace(".", "_")])
+        err = capsys.readouterr().err
+        assert code == 2 and "FIFO" in err and name in err and "Traceback" not in err
+
+
+def test_a_fifo_as_a_shard_is_refused(tmp_path, fifo):
+    folder = shard_folder(tmp_path)
+    pipe = fifo(tmp_path / "pipe.tar")
+    with pytest.raises(ValueError, match=r"pipe\.tar' is a FIFO \(named pipe\), not a regular file"):
+        within(10, resolve_shards, f"{folder / 'shard-000000.tar'}::{pipe}")
+    with pytest.raises(ValueError, match=r"shard .*pipe\.tar' is a FIFO"):
+        within(10, ShardSamples, [pipe], img_size=8, noise=MaskingSpec(4), seed=0)
+    (folder / "shard-000001.tar").unlink()
+    fifo(folder / "shard-000001.tar")
+    with pytest.raises(ValueError, match=r"shard-000001\.tar' is a FIFO"):
+        within(10, resolve_shards, str(folder))
+    (folder / "manifest.json").unlink()
+    fifo(folder / "manifest.json")
+    with pytest.raises(ValueError, match=r"manifest\.json' is a FIFO"):
+        within(10, resolve_shards, str(folder))
+
+
+def test_a_fifo_in_an_image_folder_is_skipped_and_named(tmp_path, fifo):
+    src = solid_images(tmp_path / "src", 3)
+    fifo(src / "pipe.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) out of 4 \(e\.g\. .*pipe\.png"):
+        readable, skipped = within(30, scan_image_folder, src)
+    assert len(readable) == 3 and [p.name for p in skipped] == ["pipe.png"]
+    assert within(60, make_shards, [str(src), str(tmp_path / "out")]) == 0  # the converter scans the same way

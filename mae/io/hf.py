@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._checks import to_pair
 from ..config import MAEConfig
-from .save import write_weights_dir
+from .save import FORMAT_TAG, write_weights_dir
 
 __all__ = [
     "config_from_hf",
@@ -308,7 +308,8 @@ def config_to_hf(config: MAEConfig, *, architecture: str = "ViTMAEForPreTraining
     }
 
 
-def save_hf(model: Any, directory: str | Path, *, layout: Layout = "hub", encoder_only: bool = False) -> Path:
+def save_hf(model: Any, directory: str | Path, *, layout: Layout = "hub", encoder_only: bool = False,
+            overwrite: bool = False) -> Path:
     """Write ``model`` as a Hugging Face ViTMAE directory: ``config.json`` + ``model.safetensors``.
 
     ``transformers.ViTMAEForPreTraining.from_pretrained(directory)`` (or ``ViTMAEModel`` with ``encoder_only``)
@@ -319,8 +320,9 @@ def save_hf(model: Any, directory: str | Path, *, layout: Layout = "hub", encode
         directory: created if needed.
         layout: key names, see ``mae_to_hf_state_dict`` ("hub" loads in transformers 4 and 5).
         encoder_only: write a ``ViTMAEModel`` (encoder only).
+        overwrite: replace a ``config.json``/``model.safetensors`` that mae-pytorch did not write (``save``).
     """
     architecture = "ViTMAEModel" if encoder_only else "ViTMAEForPreTraining"
-    config = config_to_hf(model.config, architecture=architecture)
+    config = {**config_to_hf(model.config, architecture=architecture), "format": FORMAT_TAG}  # transformers ignores it
     tensors = mae_to_hf_state_dict(model.state_dict(), layout=layout, encoder_only=encoder_only)
-    return write_weights_dir(directory, config, tensors)
+    return write_weights_dir(directory, config, tensors, overwrite=overwrite)

@@ -3,7 +3,8 @@
 Without ``strict`` the partial files users have are accepted: encoder-only files (the decoder stays at
 initialisation) and fine-tuned files (``fc_norm``/``head`` skipped, ``norm`` stays at initialisation). Any other
 missing or unexpected key, any shape mismatch, and integer or boolean tensors where the model holds floats are
-errors, so a wrong file never loads silently half-way.
+errors, so a wrong file never loads silently half-way. Weights holding NaN or infinity (a diverged run) are refused,
+naming the tensors, unless ``allow_non_finite=True`` asks for them (to inspect that run).
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def _check_tensors(source: str, state_dict: Mapping[str, Tensor], expected: Mapp
                          f"{', '.join(not_float)}; refusing to cast them")
 
 
+def _check_finite_weights(source: str, state_dict: Mapping[str, Tensor], keys: list[str]) -> None:
+    """Refuse NaN or infinite values in the float tensors that would be loaded (meta tensors hold no values)."""
+    bad = [k for k in keys if state_dict[k].is_floating_point() and state_dict[k].device.type != "meta"
+           and not bool(torch.isfinite(state_dict[k]).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}), the weights of a run "
+                         "that diverged; refusing to load them (pass allow_non_finite=True to load them anyway)")
+
+
 def _allowed_missing(missing: list[str], unexpected: list[str], expected: Mapping[str, Tensor],
                      notes: list[str]) -> set[str]:
     """The missing keys a non-strict load accepts, each kind with a note saying what it means."""
@@ -115,7 +126,8 @@ def _allowed_missing(missing: list[str], unexpected: list[str], expected: Mappin
 
 
 def load_checkpoint(
-    model: MaskedAutoEncoder, source: str | os.PathLike | Mapping[str, Any] | Checkpoint, *, strict: bool = False
+    model: MaskedAutoEncoder, source: str | os.PathLike | Mapping[str, Any] | Checkpoint, *, strict: bool = False,
+    allow_non_finite: bool = False,
 ) -> LoadReport:
     """Load weights into an existing model and report what was loaded (see the module docstring for the policy).
 
@@ -123,14 +135,16 @@ def load_checkpoint(
         model: the ``MaskedAutoEncoder`` to fill (its config decides the shapes; tables are adapted to it).
         source: a path, a state dict, or a ``Checkpoint`` from ``read_checkpoint``.
         strict: require every model key and use every file key.
+        allow_non_finite: load weights holding NaN or infinity instead of refusing them.
 
     Raises:
-        ValueError: missing/unexpected keys (listed by name), shape mismatches (both shapes shown), or non-float
-            tensors where the model holds float weights.
+        ValueError: missing/unexpected keys (listed by name), shape mismatches (both shapes shown), non-float
+            tensors where the model holds float weights, or non-finite weights (unless ``allow_non_finite``).
     """
     if not isinstance(model, MaskedAutoEncoder):
         raise TypeError(f"model must be a MaskedAutoEncoder, got {type(model).__name__}")
     strict = check_bool(strict, "strict")  # the string "false" would count as true
+    allow_non_finite = check_bool(allow_non_finite, "allow_non_finite")
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source)
     state_dict = dict(ckpt.state_dict)
     notes = list(ckpt.notes)
@@ -154,6 +168,8 @@ def load_checkpoint(
             f"{ckpt.source} does not fit the model ({'strict' if strict else 'non-strict'} load): "
             f"missing keys {bad_missing}; unexpected keys {bad_unexpected}"
         )
+    if not allow_non_finite:
+        _check_finite_weights(ckpt.source, state_dict, [k for k in expected if k in state_dict])
     if model.device.type == "meta":
         notes.append("the model is on the meta device: names and shapes checked, no values copied")
     else:
@@ -172,6 +188,7 @@ def load_pretrained(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     strict: bool = False,
+    allow_non_finite: bool = False,
     **overrides: Any,
 ) -> tuple[MaskedAutoEncoder, LoadReport]:
     """Build the model a checkpoint describes and load it.
@@ -185,6 +202,7 @@ def load_pretrained(
         ``(model, report)``; ``print(report)`` says what was loaded and what stays at initialisation.
     """
     strict = check_bool(strict, "strict")
+    allow_non_finite = check_bool(allow_non_finite, "allow_non_finite")
     ckpt = read_checkpoint(source)
     if ckpt.config is not None:
         config = MAEConfig(**{**ckpt.config, **overrides})
@@ -193,7 +211,7 @@ def load_pretrained(
         config, notes = infer_config(ckpt.state_dict, **overrides)
     check_config_fits(config, ckpt.state_dict, ckpt.source)
     model = MaskedAutoEncoder.from_config(config, device=device, dtype=dtype)
-    report = load_checkpoint(model, ckpt, strict=strict)
+    report = load_checkpoint(model, ckpt, strict=strict, allow_non_finite=allow_non_finite)
     report.notes[:0] = notes
     return model, report
 
@@ -204,15 +222,18 @@ def from_pretrained(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     strict: bool = False,
+    allow_non_finite: bool = False,
     **overrides: Any,
 ) -> MaskedAutoEncoder:
     """Build the model a checkpoint describes and load its weights; warn with the report if the load was partial.
 
     Reads official release files, directories from ``save_pretrained`` or the trainer, Hugging Face ViTMAE
     directories, and state dicts; pickled files only through ``torch.load(weights_only=True)``. The config comes from
-    the checkpoint (its config file, else its tensor shapes); ``overrides`` (``MAEConfig`` fields) win.
+    the checkpoint (its config file, else its tensor shapes); ``overrides`` (``MAEConfig`` fields) win. Weights
+    holding NaN or infinity are refused, naming them, unless ``allow_non_finite=True``.
     ``load_pretrained`` takes the same arguments and also returns the ``LoadReport``.
     """
-    model, report = load_pretrained(source, device=device, dtype=dtype, strict=strict, **overrides)
+    model, report = load_pretrained(source, device=device, dtype=dtype, strict=strict,
+                                    allow_non_finite=allow_non_finite, **overrides)
     report.warn_if_partial(stacklevel=3)
     return model

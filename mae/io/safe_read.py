@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import torch
 
+from .._checks import check_regular_file
+
 __all__ = ["UnsafeCheckpointError", "detect_format", "read_json", "read_weights_file"]
 
 FileFormat = Literal["safetensors", "torch-zip", "torch-pickle"]
@@ -36,9 +38,11 @@ def detect_format(path: str | os.PathLike) -> FileFormat:
     """Which reader a file needs, decided by its first bytes.
 
     Raises:
-        ValueError: the bytes are none of the three formats (text, an empty file, an image, ...).
+        ValueError: the bytes are none of the three formats (text, an empty file, an image, ...), or the path is a
+            FIFO, device or socket.
     """
     path = Path(path)
+    check_regular_file(path, "checkpoint")  # a FIFO would wait for a writer forever
     with open(path, "rb") as f:
         head = f.read(9)
     if head.startswith(_ZIP_MAGIC):
@@ -104,6 +108,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON object from ``path``, with errors that name the file."""
     path = Path(path)
+    check_regular_file(path, "file")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -6,8 +6,9 @@ restarts, which is what makes ``--resume`` exact and lets one process reproduce 
 
 Unreadable files: when ``--data`` is scanned every image file is opened once; files that cannot be opened are
 SKIPPED, counted, and reported in a warning (and in the run's config). A file that opened at start-up but fails to
-decode later (e.g. truncated data) stops the run with an error naming it. Symbolic links are followed, but every real
-folder is walked once: a link cycle neither repeats images nor runs forever.
+decode later (e.g. truncated data) stops the run with an error naming it. FIFOs, devices and sockets with an image
+name are skipped the same way, by their type, without being opened (a FIFO would wait for a writer). Symbolic links
+are followed, but every real folder is walked once: a link cycle neither repeats images nor runs forever.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..._checks import special_file_kind
 from .augment import MaskingSpec, Source, augment_sample
 from .decode import UnreadableImageError, to_rgb_array
 
@@ -66,6 +68,8 @@ def skimage_photos(names: Sequence[str]) -> list[tuple[np.ndarray, str]]:
 def _is_readable_image(path: Path) -> bool:
     from PIL import Image  # the train extra's packages are imported where used (mae.train.extra)
 
+    if special_file_kind(path) is not None:
+        return False
     try:
         with Image.open(path) as im:
             im.verify()  # parses the header (and, for PNG, the chunk checksums) without decoding the pixels
@@ -99,7 +103,8 @@ def scan_image_folder(root: str | os.PathLike, name: str = "--data") -> tuple[li
     files are sorted, giving the same order on every machine.
 
     Returns:
-        ``(readable, skipped)``: the files that open, and those that do not (corrupt, empty, not an image).
+        ``(readable, skipped)``: the files that open, and those that do not (corrupt, empty, not an image, a FIFO,
+        device or socket).
 
     Raises:
         ValueError: ``root`` is missing, not a directory, or holds no image file at all.
@@ -108,7 +113,8 @@ def scan_image_folder(root: str | os.PathLike, name: str = "--data") -> tuple[li
     if not root_path.exists():
         raise ValueError(f"{name} {str(root)!r} does not exist; expected a folder of images (flat or class subfolders)")
     if not root_path.is_dir():
-        raise ValueError(f"{name} {str(root)!r} is not a directory; expected a folder of images")
+        kind = special_file_kind(root_path) or "a file"
+        raise ValueError(f"{name} {str(root)!r} is {kind}, not a directory; expected a folder of images")
     candidates = _image_files(root_path)
     if not candidates:
         raise ValueError(

@@ -52,7 +52,8 @@ def build_data(config) -> RunData:
         dataset = PretrainSamples(images, **samples)
     elif is_shard_spec(str(config.data)):
         shards, manifest = resolve_shards(str(config.data))
-        dataset = ShardSamples(shards, **samples)
+        checksums = None if manifest is None else [entry["sha256"] for entry in manifest["shards"]]
+        dataset = ShardSamples(shards, **samples, sha256=checksums)
         views = dataset.figure_images(8)
         caption = f"training images from {config.data}"
         description = {"source": str(config.data), "format": "tar shards", "num_shards": len(shards),

@@ -35,7 +35,6 @@ If a conversion stops part way (an interrupt, a full disk), OUT_DIR holds comple
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import math
 import numbers
@@ -54,7 +53,7 @@ from ...runtime.cli import run_command
 from . import augment
 from .datasets import scan_image_folder
 from .decode import UnreadableImageError, decode_rgb, read_header
-from .shards import MANIFEST_FILE, MANIFEST_FORMAT, index_shard
+from .shards import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, file_sha256, index_shard
 
 __all__ = ["JPEG_QUALITY", "MIN_MAX_SIDE", "build_parser", "check_max_side", "main", "make_shards", "shrink_image"]
 
@@ -151,7 +150,7 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
     if undecodable:
         print(f"mae-make-shards: skipped {len(undecodable)} image file(s) that could not be decoded for --max-side "
               f"(e.g. {', '.join(undecodable[:3])})", file=sys.stderr)
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "source": str(src), "seed": seed,
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "source": str(src), "seed": seed,
                 "num_samples": len(files) - len(undecodable), "num_skipped": len(skipped) + len(undecodable),
                 "max_side": max_side, "num_resized": num_resized, "shards": entries}
     write_json(out_dir / MANIFEST_FILE, manifest)
@@ -191,11 +190,9 @@ def _write_shard(path: Path, files: Sequence[Path], first_key: int,
         count = len(index_shard(temp).offsets)  # read back: every image is where the reader will look for it
         if count != expected:
             raise ValueError(f"shard {str(path)!r}: wrote {expected} images but reads back {count}")
-        digest = hashlib.sha256()
         with open(temp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        entry.update(count=count, size=temp.stat().st_size, sha256=digest.hexdigest())
+            digest = file_sha256(f)
+        entry.update(count=count, size=temp.stat().st_size, sha256=digest)
 
     try:
         atomic_write(path, write)  # a temporary name in the same folder, fsync'ed, renamed; removed on any error

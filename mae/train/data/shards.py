@@ -19,58 +19,193 @@ So the epoch's batches are a pure function of ``(seed, epoch, world_size * batch
 
 Bad shards: a file that is not a tar, or is truncated (a member runs past the end of the file, or the end-of-archive
 marker is missing), stops the run at start-up with an error naming the shard. An image member that cannot be decoded
-stops the run when it is reached, naming the shard and the member.
+stops the run when it is reached, naming the shard and the member. A FIFO, device or socket where a shard or the
+manifest should be is refused by its type before it is opened (opening a FIFO waits for a writer forever).
+
+Manifests (``read_manifest``): every key the reader uses is checked for presence and type, and every shard name must
+be a plain file name in the manifest's folder (no ``/``, no ``..``, no link leading out of the folder); each fault is
+one ValueError naming the manifest, the key and what was expected.
+
+Checksums: each shard of a manifest folder is hashed (SHA-256) and compared with the manifest once per run, during the
+run's first epoch, by exactly one reader: of the ``world_size * num_workers`` data-loader workers of all ranks, worker
+``k`` of rank ``r`` owns the shards ``s`` with ``s mod (world_size * num_workers) == r * num_workers + k``. It hashes
+an owned shard when it first opens it (a sequential read that also warms the page cache for the chunks that follow)
+and, at the end of the epoch, the owned shards it never opened. The cost is one extra sequential read of the data set
+per run, spread over every worker and overlapped with training; a mismatch stops the first epoch, before its
+checkpoint is written, naming the shard. Shards named directly (``.tar`` files, brace patterns) carry no checksum.
+
+Brace patterns are expanded lazily and refused as soon as they name more than ``MAX_SHARD_NAMES`` files, so
+``{0..99999999}`` costs a fraction of a second, not gigabytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import re
 import tarfile
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..._checks import check_regular_file
 from .augment import MaskingSpec, augment_sample
 from .datasets import IMAGE_EXTENSIONS
 from .decode import UnreadableImageError
 
-__all__ = ["CHUNK", "MANIFEST_FILE", "MANIFEST_FORMAT", "ShardIndex", "ShardSamples", "expand_braces", "index_shard",
-           "is_shard_spec", "resolve_shards"]
+__all__ = ["CHUNK", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "MAX_SHARD_NAMES", "ShardIndex",
+           "ShardSamples", "expand_braces", "file_sha256", "index_shard", "is_shard_spec", "read_manifest",
+           "resolve_shards"]
 
 CHUNK = 16  # samples read in one sequential run (16 ImageNet JPEGs: ~2 MB)
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "mae-pytorch image shards"
+MANIFEST_VERSION = 1
+MAX_SHARD_NAMES = 100_000  # 10^5 shards of 1000 images: 75x ImageNet-1k; beyond that a pattern is a typo
+_MAX_DIGITS = 18  # a range bound longer than this is no shard number (and int() of 4300+ digits refuses itself)
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{0000..0099}`` (zero padding kept) and ``{a,b,c}``, left to right: ``s-{00..02}.tar`` -> 3 names."""
+def _names(pattern: str, original: str) -> Iterator[str]:
+    """The names a brace pattern stands for, one at a time (left to right), so that nothing forces them all at once."""
     match = _BRACE.search(pattern)
     if match is None:
-        return [pattern]
+        yield pattern
+        return
     body, head, tail = match.group(1), pattern[:match.start()], pattern[match.end():]
     numbers = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if numbers:
         first, last = numbers.groups()
+        if max(len(first), len(last)) > _MAX_DIGITS:
+            raise ValueError(f"--data {original!r}: the range {{{body}}} has a bound of more than {_MAX_DIGITS} "
+                             "digits; expected shard numbers such as {000000..000099}")
         if int(last) < int(first):
-            raise ValueError(f"--data {pattern!r}: the range {{{body}}} runs backwards")
+            raise ValueError(f"--data {original!r}: the range {{{body}}} runs backwards")
         width = len(first) if first.startswith("0") else 0
-        options = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
+        options: Iterator[str] = (str(i).zfill(width) for i in range(int(first), int(last) + 1))
     else:
-        options = body.split(",")
-    return [name for option in options for name in expand_braces(head + option + tail)]
+        options = iter(body.split(","))
+    for option in options:
+        yield from _names(head + option + tail, original)
+
+
+def expand_braces(pattern: str, limit: int = MAX_SHARD_NAMES) -> list[str]:
+    """Expand ``{0000..0099}`` (zero padding kept) and ``{a,b,c}``, left to right: ``s-{00..02}.tar`` -> 3 names.
+
+    Raises:
+        ValueError: the pattern names more than ``limit`` files (found after expanding ``limit + 1`` of them, never
+            more), a range runs backwards, or a range bound is longer than 18 digits.
+    """
+    return _at_most(_names(pattern, pattern), limit, pattern)
+
+
+def _at_most(names: Iterator[str], limit: int, data: str) -> list[str]:
+    """The first ``limit`` names, or a ValueError if there are more (at most ``limit + 1`` are ever made)."""
+    first = list(itertools.islice(names, limit + 1))
+    if len(first) > limit:
+        raise ValueError(f"--data {data!r} names more than {limit} shards (the limit, MAX_SHARD_NAMES); "
+                         "check the brace pattern, or pack the images into fewer, larger shards")
+    return first
 
 
 def is_shard_spec(data: str) -> bool:
     """Whether ``--data`` names tar shards: ``.tar`` files, a brace pattern, ``a.tar::b.tar``, or a shard folder."""
     parts = data.split("::")
     return (len(parts) > 1 or any(p.endswith(".tar") or _BRACE.search(p) for p in parts)
-            or (Path(data) / MANIFEST_FILE).is_file())
+            or _has_manifest(data))
+
+
+def _has_manifest(data: str) -> bool:
+    try:
+        return Path(data, MANIFEST_FILE).exists()
+    except OSError:  # a name too long for the filesystem (Python < 3.12 raises here): no folder of ours
+        return False
+
+
+def _manifest_error(manifest: Path, key: str, expected: str, got: object) -> ValueError:
+    shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
+    return ValueError(f"{str(manifest)!r}: key {key!r} must be {expected}, got {shown}; this folder's manifest was not "
+                      "written by mae-make-shards or was edited since: convert the images again")
+
+
+def _manifest_value(manifest: Path, entry: dict, key: str, where: str, kind: type, expected: str) -> object:
+    if key not in entry:
+        raise _manifest_error(manifest, where + key, expected, "nothing (the key is missing)")
+    value = entry[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _manifest_error(manifest, where + key, expected, value)
+    return value
+
+
+def _shard_path(folder: Path, manifest: Path, name: object, key: str) -> Path:
+    """``folder / name`` for a plain file name whose target (links followed) stays inside ``folder``."""
+    expected = "a plain file name inside the manifest's folder (no '/', '\\' or '..')"
+    if (not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
+            or Path(name).is_absolute()):
+        raise _manifest_error(manifest, key, expected, name)
+    path = folder / name
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise _manifest_error(manifest, key, f"{expected}; it is a link to {str(path.resolve())!r}, outside the folder",
+                              name)
+    return path
+
+
+def read_manifest(folder: str | Path) -> tuple[list[Path], dict]:
+    """The shard paths a ``mae-make-shards`` folder lists, and its manifest, checked (see the module docstring).
+
+    Only what the reader relies on is checked: ``format``, ``version``, and per shard ``name``, ``size`` (bytes) and
+    ``sha256``; other keys (``count``, ``source``, ...) are informational.
+
+    Raises:
+        ValueError: not our manifest, a key missing or of the wrong type, a name that leaves the folder, a shard whose
+            size differs from its entry, or a manifest or shard that is a FIFO, device or socket.
+        FileNotFoundError: a listed shard is missing.
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    check_regular_file(manifest, "manifest")
+    try:
+        content = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(manifest)!r} is not valid JSON ({err}); convert the images again") from None
+    if not isinstance(content, dict) or content.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"--data {str(folder)!r}: {MANIFEST_FILE} there was not written by mae-make-shards "
+                         f"(expected a JSON object with \"format\": \"{MANIFEST_FORMAT}\")")
+    version = _manifest_value(manifest, content, "version", "", int, f"the number {MANIFEST_VERSION}")
+    if version != MANIFEST_VERSION:
+        raise _manifest_error(manifest, "version", f"{MANIFEST_VERSION} (a newer mae-pytorch may read it)", version)
+    entries = _manifest_value(manifest, content, "shards", "", list, "a non-empty list of shard entries")
+    if not entries:
+        raise _manifest_error(manifest, "shards", "a non-empty list of shard entries", entries)
+    paths: list[Path] = []
+    for i, entry in enumerate(entries):
+        where = f"shards[{i}]."
+        if not isinstance(entry, dict):
+            raise _manifest_error(manifest, f"shards[{i}]", "an object with name, size and sha256", entry)
+        path = _shard_path(folder, manifest, _manifest_value(manifest, entry, "name", where, str, "a file name"),
+                           where + "name")
+        if path in paths:
+            raise _manifest_error(manifest, where + "name", "a name no other entry has", entry["name"])
+        size = _manifest_value(manifest, entry, "size", where, int, "a number of bytes >= 0")
+        digest = _manifest_value(manifest, entry, "sha256", where, str, "64 hexadecimal digits")
+        if size < 0:
+            raise _manifest_error(manifest, where + "size", "a number of bytes >= 0", size)
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise _manifest_error(manifest, where + "sha256", "64 lower-case hexadecimal digits", digest)
+        check_regular_file(path, "shard")
+        if not path.is_file():
+            raise FileNotFoundError(f"--data {str(folder)!r}: shard {str(path)!r} listed in {MANIFEST_FILE} is missing")
+        if path.stat().st_size != size:
+            raise ValueError(f"shard {str(path)!r} has {path.stat().st_size} bytes, its manifest says {size}: "
+                             "truncated or replaced; convert the folder again")
+        paths.append(path)
+    return paths, content
 
 
 def resolve_shards(data: str) -> tuple[list[Path], dict | None]:
@@ -78,27 +213,29 @@ def resolve_shards(data: str) -> tuple[list[Path], dict | None]:
 
     Raises:
         FileNotFoundError: a named shard does not exist.
-        ValueError: a shard's size differs from its manifest entry, or the manifest is not ours.
+        ValueError: a bad manifest (``read_manifest``), more than ``MAX_SHARD_NAMES`` names, or a shard that is a
+            FIFO, device or socket.
     """
-    if (Path(data) / MANIFEST_FILE).is_file():
-        folder = Path(data)
-        manifest = json.loads((folder / MANIFEST_FILE).read_text())
-        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"--data {data!r}: {MANIFEST_FILE} there was not written by mae-make-shards")
-        paths = [folder / entry["name"] for entry in manifest["shards"]]
-        for path, entry in zip(paths, manifest["shards"], strict=True):
-            if not path.is_file():
-                raise FileNotFoundError(f"--data {data!r}: shard {str(path)!r} listed in {MANIFEST_FILE} is missing")
-            if path.stat().st_size != entry["size"]:
-                raise ValueError(f"shard {str(path)!r} has {path.stat().st_size} bytes, its manifest says "
-                                 f"{entry['size']}: truncated or replaced; convert the folder again")
-        return paths, manifest
-    paths = [Path(name) for part in data.split("::") if part for name in expand_braces(part)]
+    if _has_manifest(data):
+        return read_manifest(data)
+    names = itertools.chain.from_iterable(_names(part, part) for part in data.split("::") if part)
+    paths = [Path(name) for name in _at_most(names, MAX_SHARD_NAMES, data)]
+    for path in paths:
+        check_regular_file(path, f"--data {data!r}: shard")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"--data {data!r}: {len(missing)} of {len(paths)} shard(s) do not exist "
                                 f"(e.g. {missing[0]!r})")
     return paths, None
+
+
+def file_sha256(f: BinaryIO) -> str:
+    """The SHA-256 (hex) of an open binary file, read from its start in 1 MiB blocks."""
+    f.seek(0)
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 class ShardIndex(NamedTuple):
@@ -118,8 +255,9 @@ def index_shard(path: Path) -> ShardIndex:
     """Read a shard's tar headers (not its data) and locate each sample's image.
 
     Raises:
-        ValueError: not a tar file, or truncated; the message names the shard.
+        ValueError: not a tar file, truncated, or a FIFO, device or socket; the message names the shard.
     """
+    check_regular_file(path, "shard")
     size = path.stat().st_size
     offsets, sizes, keys_seen, keys_with_image = [], [], set(), set()
     try:
@@ -154,19 +292,57 @@ def _member_at(path: Path, offset: int) -> str:
     return f"<data at byte {offset}>"
 
 
+class _OpenShards:
+    """The shards one reader keeps open (at most 8, the oldest closed first) and the checksums it still owes."""
+
+    def __init__(self, samples: ShardSamples, verify: Sequence[int] = ()) -> None:
+        self.samples, self.files, self.unverified = samples, {}, set(verify)
+
+    def get(self, s: int) -> BinaryIO:
+        if s not in self.files:
+            if len(self.files) >= 8:
+                self.files.pop(next(iter(self.files))).close()
+            self.files[s] = open(self.samples.shards[s], "rb")  # noqa: SIM115 (closed when evicted or by close())
+        if s in self.unverified:
+            self.samples.verify(s, self.files[s])
+            self.unverified.discard(s)
+        return self.files[s]
+
+    def verify_the_rest(self) -> None:
+        """Hash the owned shards this reader never opened (called when its epoch is complete)."""
+        for s in sorted(self.unverified):
+            with open(self.samples.shards[s], "rb") as f:
+                self.samples.verify(s, f)
+        self.unverified.clear()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
 class ShardSamples(IterableDataset):
     """Training samples streamed from tar shards: ``(image uint8 (3, S, S), masking noise (L,))`` (see module doc).
 
     Call ``split(rank, world_size, batch_size)`` before iterating (``build_loader`` does) and ``set_epoch`` before
     each epoch. Indexing happens here, once, in the main process: every shard's headers are read.
+
+    Args:
+        sha256: each shard's expected SHA-256 (hex), or None where unknown; checked once per run during the first
+            epoch, each shard by one reader (module docstring).
     """
 
-    def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1) -> None:
+    def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
+                 sha256: Sequence[str | None] | None = None) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         if not shards:
             raise ValueError("no shard given")
         self.shards = list(shards)
+        self.sha256 = [None] * len(self.shards) if sha256 is None else list(sha256)
+        if len(self.sha256) != len(self.shards):
+            raise ValueError(f"sha256 must give one checksum (or None) per shard: {len(self.shards)}, got "
+                             f"{len(self.sha256)}")
         self.index = [index_shard(p) for p in self.shards]
         self.skipped = sum(i.skipped for i in self.index)
         if self.skipped:
@@ -180,6 +356,7 @@ class ShardSamples(IterableDataset):
                                 for i in range(0, c, CHUNK)], np.int64).reshape(-1, 2)
         self.img_size, self.noise, self.seed, self.repeat = img_size, noise, seed, repeat
         self.epoch, self.rank, self.world_size, self.batch_size = 0, 0, 1, 1
+        self.first_epoch: int | None = None  # the run's first epoch, when the checksums are verified
 
     @property
     def num_images(self) -> int:
@@ -190,6 +367,21 @@ class ShardSamples(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+
+    def verified_by(self, worker: int, num_workers: int) -> list[int]:
+        """The shards (with a known checksum) that data-loader worker ``worker`` of this rank verifies."""
+        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+        return [s for s in range(slot, len(self.shards), slots) if self.sha256[s] is not None]
+
+    def verify(self, s: int, f: BinaryIO) -> None:
+        """Compare shard ``s`` (open as ``f``) with its expected SHA-256; a mismatch is a ValueError naming it."""
+        digest = file_sha256(f)
+        if digest != self.sha256[s]:
+            raise ValueError(f"shard {str(self.shards[s])!r} is corrupt or was changed since mae-make-shards wrote it: "
+                             f"its SHA-256 is {digest}, {MANIFEST_FILE} says {self.sha256[s]}; restore the shard or "
+                             "convert the images again")
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (whole batches only)."""
@@ -210,24 +402,26 @@ class ShardSamples(IterableDataset):
         return [order[q * g + self.rank * b:q * g + (self.rank + 1) * b]
                 for q in range(worker, len(self) // b, num_workers)]
 
-    def source(self, index: int, files: dict | None = None) -> tuple[bytes, int, int]:
+    def source(self, index: int, files: _OpenShards | None = None) -> tuple[bytes, int, int]:
         """The encoded image of sample ``index`` (global, any pass), its shard number and its byte offset there.
 
-        ``files`` keeps a few shards open across calls (a worker's reads within a chunk are then sequential).
+        ``files`` keeps a few shards open across calls (a worker's reads within a chunk are then sequential) and
+        verifies the checksums its reader owns as it opens them.
         """
         index %= self.num_images
         s = int(np.searchsorted(self.starts, index, side="right") - 1)
         offset, size = (int(a[index - self.starts[s]]) for a in (self.index[s].offsets, self.index[s].sizes))
-        files = {} if files is None else files
-        if s not in files:
-            if len(files) >= 8:
-                files.pop(next(iter(files))).close()
-            files[s] = open(self.shards[s], "rb")  # closed when evicted or when the epoch ends
-        f = files[s]
-        f.seek(offset)
-        return f.read(size), s, offset
+        own = files is None
+        files = _OpenShards(self) if own else files
+        try:
+            f = files.get(s)
+            f.seek(offset)
+            return f.read(size), s, offset
+        finally:
+            if own:
+                files.close()
 
-    def sample(self, index: int, files: dict | None = None) -> tuple[Tensor, Tensor]:
+    def sample(self, index: int, files: _OpenShards | None = None) -> tuple[Tensor, Tensor]:
         """Sample ``index``: ``(image uint8 (3, S, S), masking noise (L,))``."""
         data, s, offset = self.source(index, files)
         try:
@@ -243,14 +437,15 @@ class ShardSamples(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        files: dict = {}
+        first = self.first_epoch is None or self.epoch == self.first_epoch  # None: set_epoch never called
+        files = _OpenShards(self, self.verified_by(worker, num_workers) if first else ())
         try:
             for batch in self.worker_batches(worker, num_workers):
                 for index in batch.tolist():
                     yield self.sample(index, files)
+            files.verify_the_rest()
         finally:
-            for f in files.values():
-                f.close()
+            files.close()
 
     def figure_images(self, n: int) -> list[tuple[bytes, str]]:
         """The first ``n`` images as ``(bytes, name)``, for the reconstruction figure."""
