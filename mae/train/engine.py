@@ -25,7 +25,7 @@ from ..model import MaskedAutoEncoder
 from ..runtime.distributed import DistInfo, barrier, init_distributed, shutdown
 from ..runtime.loop import NonFiniteLossError, Schedule, Trainer, resolve_precision
 from .config import TrainConfig, require_train_extra
-from .data import Batches, build_data, build_loader, normalize_on_device
+from .data import Batches, build_data, build_loader, decode_device_of, normalize_on_device
 from .report import MetricsLog, finish_run, require_tensorboard
 from .run import (
     METRICS_FILE,
@@ -122,9 +122,11 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
     """The run, step by step: data, the run folder (locked), model and optimizer, epochs, report."""
     started = time.perf_counter()
     _check_sizes(config, info)
+    decode_on = decode_device_of(config.decode_device, info.device)
     data = build_data(config)
     loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
-                          world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda")
+                          world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda",
+                          decode_on=decode_on)
     if len(loader) == 0:
         raise ValueError(
             f"{len(data.dataset)} samples per epoch give no full batch of batch_size={config.batch_size} on each of "

@@ -161,7 +161,8 @@ class ShardSamples(IterableDataset):
     each epoch. Indexing happens here, once, in the main process: every shard's headers are read.
     """
 
-    def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1) -> None:
+    def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
+                 encoded: bool = False) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         if not shards:
@@ -179,6 +180,7 @@ class ShardSamples(IterableDataset):
         self.chunks = np.array([(self.starts[s] + i, min(CHUNK, c - i)) for s, c in enumerate(counts)
                                 for i in range(0, c, CHUNK)], np.int64).reshape(-1, 2)
         self.img_size, self.noise, self.seed, self.repeat = img_size, noise, seed, repeat
+        self.encoded = encoded  # JPEGs left for the training device (augment_sample's encoded)
         self.epoch, self.rank, self.world_size, self.batch_size = 0, 0, 1, 1
 
     @property
@@ -232,7 +234,8 @@ class ShardSamples(IterableDataset):
         data, s, offset = self.source(index, files)
         try:
             return augment_sample(data, f"{self.shards[s]}@{offset}", size=self.img_size,
-                                  noise=self.noise, seed=self.seed, epoch=self.epoch, index=index)
+                                  noise=self.noise, seed=self.seed, epoch=self.epoch, index=index,
+                                  encoded=self.encoded)
         except UnreadableImageError as err:
             member = _member_at(self.shards[s], offset)
             raise UnreadableImageError(
