@@ -5,8 +5,9 @@ decoder library):
   - the boxes, flips and masking noise are exactly the worker path's (same seed, epoch, index);
   - against the worker decoding the whole file, the pixels are identical: the one difference between the two paths
     is the worker's DCT-scaled decoding (a 1/2, 1/4 or 1/8 scale IDCT when the crop allows it);
-  - against the default worker path (DCT scaling on), 224-px views are within TOLERANCE (measured: mean |diff| 0.30
-    grey levels over 48 views of 500x375 to 2048x1536 JPEGs, worst view 1.65, 99th percentile 5 levels).
+  - against the default worker path (DCT scaling on), 224-px views are within TOLERANCE (measured on the 12 views
+    below: mean |diff| 0.31 grey levels, worst view 1.50, 99th percentile 7 levels; on 48 views of 500x375 to
+    2048x1536 JPEGs: 0.30, 1.65 and 5).
 On CUDA (``cuda`` mark), nvJPEG's pixels are checked against the CPU decoder's with the same tolerance.
 """
 
@@ -37,7 +38,7 @@ from mae.train.data.decode import read_header
 from mae.train.data.loader import decode_device_of
 
 # What "the same pixels up to the decoder" means for 224-px views (grey levels of 0..255):
-TOLERANCE = {"mean": 0.6, "worst_view_mean": 2.5, "p99": 8}
+TOLERANCE = {"mean": 0.6, "worst_view_mean": 2.5, "p99": 10}
 
 
 def jpeg(pixels: np.ndarray, size: tuple[int, int], quality: int = 90) -> bytes:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .. import __version__
@@ -295,6 +296,7 @@ def _resolved(config: TrainConfig, trainer: Trainer, data: dict, *, resume: Trai
         "config": config.to_dict(),
         "resolved": {
             "device": str(info.device), "precision": trainer.precision, "world_size": info.world_size,
+            "backend": dist.get_backend() if dist.is_initialized() else None,
             "threads": torch.get_num_threads(),
             "effective_batch": schedule.effective_batch, "lr": schedule.lr, "steps_per_epoch": schedule.steps_per_epoch,
             "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,
