@@ -96,12 +96,16 @@ def build_impls(cfg: MAEConfig, device: str, args: argparse.Namespace) -> list[I
     return [build_ours(cfg, device, path) for path in args.paths] + ([] if args.no_hf else [build_hf(cfg, device)])
 
 
-def compiled(impl: Impl, fullgraph: bool) -> Impl:
-    """The same model and optimizer, with the loss and forward functions wrapped in ``torch.compile``."""
-    out = Impl(impl.name + " +compile", impl.model, torch.compile(impl.train_loss, fullgraph=fullgraph),
-               torch.compile(impl.forward, fullgraph=fullgraph), list(impl.notes), eager=impl)
+def compiled(impl: Impl, fullgraph: bool, backend: str = "inductor") -> Impl:
+    """The same model and optimizer, with the loss and forward functions wrapped in ``torch.compile``.
+
+    ``backend="eager"`` traces the graphs without generating code: the plumbing of a compiled row in seconds (the
+    dry run of ``gpu_check.py``), not its speed."""
+    wrap = {"fullgraph": fullgraph, "backend": backend}
+    out = Impl(impl.name + " +compile", impl.model, torch.compile(impl.train_loss, **wrap),
+               torch.compile(impl.forward, **wrap), list(impl.notes), eager=impl)
     out.optimizer = impl.optimizer
-    out.notes.append(f"fullgraph={fullgraph}")
+    out.notes.append(f"fullgraph={fullgraph}" + ("" if backend == "inductor" else f", backend={backend}"))
     return out
 
 

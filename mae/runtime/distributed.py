@@ -1,5 +1,8 @@
 """Several processes under ``torchrun``: nccl on CUDA, gloo on the CPU. A single process needs none of it.
 
+A process that ``torchrun`` started joins its group even when it is the only one (``--nproc_per_node 1``): it then
+runs exactly what each of N processes runs (DDP, all-reduces), which is how one GPU checks the multi-GPU path.
+
 Pretraining and evaluation share this set-up. Evaluation sets are split across processes WITHOUT padding
 (``shard_indices``) and gathered back into dataset order (``gather_rows``), so results do not depend on the number
 of processes.
@@ -28,6 +31,7 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    grouped: bool = False  # in a process group (torchrun), even a group of one
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +40,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.grouped
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -58,15 +62,16 @@ def check_device_name(device: object) -> str:
 
 
 def init_distributed(device: str) -> DistInfo:
-    """Join the process group set up by ``torchrun`` (WORLD_SIZE > 1), or run alone."""
+    """Join the process group set up by ``torchrun`` (WORLD_SIZE > 1, or started by torchrun), or run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    grouped = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it in every process it starts
+    if grouped and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, local_rank, world_size, dev)
+    return DistInfo(rank, local_rank, world_size, dev, grouped)
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -109,6 +109,9 @@ class TrainConfig(CommandConfig):
                                   "scaler", choices=PRECISIONS)
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)")
     compile: bool = _opt(False, "torch.compile the model")
+    decode_device: str = _opt("cpu", "where JPEGs are decoded: cpu (in the data-loader workers) or cuda (nvJPEG on "
+                                     "the training GPU; workers only read files and draw crops, other formats are "
+                                     "still decoded in the workers)", choices=("cpu", "cuda"))
     # None leaves torch's setting (one per core, or OMP_NUM_THREADS). On a machine shared with other jobs, 1 avoids
     # threads waiting on each other.
     threads: int | None = _opt(None, "torch CPU threads per process (default: torch's own setting, i.e. the cores or "
@@ -170,6 +173,8 @@ class TrainConfig(CommandConfig):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
         check_run_name(self.name)
+        if self.decode_device not in ("cpu", "cuda"):
+            raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {self.decode_device!r}")
 
     def _check_counts(self) -> None:
         for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",

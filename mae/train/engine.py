@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .. import __version__
@@ -28,7 +29,7 @@ from ..runtime.distributed import DistInfo, barrier, init_distributed, shutdown
 from ..runtime.loop import Diverged, NonFiniteLossError, Schedule, Trainer, resolve_precision
 from ..runtime.run_folder import RunLock
 from .config import TrainConfig, require_train_extra
-from .data import Batches, build_data, build_loader, normalize_on_device
+from .data import Batches, build_data, build_loader, decode_device_of, normalize_on_device
 from .online import ONLINE_DIR, OnlineEval, require_eval_extra
 from .report import MetricsLog, finish_run, read_metrics, require_tensorboard
 from .run import (
@@ -127,9 +128,11 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
     """The run, step by step: data, the run folder (locked), model and optimizer, epochs, report."""
     started = time.perf_counter()
     _check_sizes(config, info)
+    decode_on = decode_device_of(config.decode_device, info.device)
     data = build_data(config)
     loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
-                          world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda")
+                          world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda",
+                          decode_on=decode_on)
     if len(loader) == 0:
         raise ValueError(
             f"{len(data.dataset)} samples per epoch give no full batch of batch_size={config.batch_size} on each of "
@@ -380,6 +383,7 @@ def _resolved(config: TrainConfig, trainer: Trainer, data: dict, *, resume: Trai
         "config": config.to_dict(),
         "resolved": {
             "device": str(info.device), "precision": trainer.precision, "world_size": info.world_size,
+            "backend": dist.get_backend() if dist.is_initialized() else None,
             "threads": torch.get_num_threads(),
             "effective_batch": schedule.effective_batch, "lr": schedule.lr, "steps_per_epoch": schedule.steps_per_epoch,
             "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,

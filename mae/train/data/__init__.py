@@ -9,6 +9,7 @@
 """
 
 from .augment import MaskingSpec, normalize_on_device
-from .loader import Batches, RunData, build_data, build_loader
+from .loader import Batches, RunData, build_data, build_loader, decode_device_of
 
-__all__ = ["Batches", "MaskingSpec", "RunData", "build_data", "build_loader", "normalize_on_device"]
+__all__ = ["Batches", "MaskingSpec", "RunData", "build_data", "build_loader", "decode_device_of",
+           "normalize_on_device"]

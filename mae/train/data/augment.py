@@ -12,6 +12,13 @@ What is faster than torchvision's PIL transforms, and why the output is the same
      sides at that scale, i.e. when the resize would shrink it anyway; the box is mapped onto the smaller image;
   3. crop + resize run on uint8 tensors (torch's antialiased bicubic, the same filter as PIL's, vectorised);
   4. the batch stays uint8 (4x fewer bytes to collate, pin and copy) and is normalised on the training device.
+
+Decoding on the device (``mae-pretrain --decode-device cuda``) is a mode of the same pipeline, not a second one: with
+``encoded=True`` a worker draws the same box, flip and noise from the same generator, but ships a JPEG's bytes and its
+box and flip (``EncodedView``) instead of pixels; ``finish_batch`` then decodes the batch's JPEGs on the device in one
+call (nvJPEG on CUDA), crops, resizes with the same ``crop_resize`` and flips. Other files (PNG, CMYK JPEG, ...) are
+decoded in the worker as usual. The device decodes the whole file (no DCT scaling), so its pixels differ slightly from
+the worker's (``tests/test_decode_device.py`` states and checks the tolerance); the draws are identical.
 """
 
 from __future__ import annotations
@@ -30,16 +37,19 @@ from torch.utils.data import default_collate
 from ..._checks import to_pair
 from ...config import MAEConfig
 from ...functional import block_mask, grid_mask, mask_to_noise
-from .decode import decode_rgb, read_header
+from .decode import decode_jpegs, decode_rgb, read_header
 
 __all__ = [
     "CROP_RATIO",
     "CROP_SCALE",
     "CropBox",
+    "EncodedBatch",
+    "EncodedView",
     "augment_sample",
     "center_view",
     "collate_samples",
     "crop_resize",
+    "finish_batch",
     "normalize_on_device",
     "random_resized_crop",
     "sample_crop",
@@ -105,10 +115,20 @@ def sample_flip(generator: torch.Generator) -> bool:
     return bool(torch.rand(1, generator=generator).item() < 0.5)
 
 
-def crop_resize(pixels: np.ndarray, box: CropBox, size: int | tuple[int, int], flip: bool = False) -> Tensor:
+class EncodedView(NamedTuple):
+    """A view left to the device (``encoded=True``): a JPEG's bytes, its crop box on the full image, its flip."""
+
+    data: Tensor  # (N,) uint8: the file as stored
+    box: CropBox
+    flip: bool
+    size: int  # the side of the view to make
+
+
+def crop_resize(pixels: np.ndarray | Tensor, box: CropBox, size: int | tuple[int, int], flip: bool = False) -> Tensor:
     """Crop ``box`` out of RGB uint8 pixels (H, W, 3), resize it to ``size`` with antialiased bicubic, flip.
 
     Args:
+        pixels: a NumPy array, or a tensor on any device (a (3, H, W) image permuted to (H, W, 3) is fine).
         size: the output side (a square), or ``(height, width)``.
 
     Returns:
@@ -117,10 +137,14 @@ def crop_resize(pixels: np.ndarray, box: CropBox, size: int | tuple[int, int], f
         are and ``normalize_on_device`` lays the batch out on the device.
     """
     out_size = to_pair(size, "size")  # (height, width)
-    crop = torch.from_numpy(pixels[box.top:box.top + box.height, box.left:box.left + box.width])  # (h, w, 3) view
+    crop = torch.as_tensor(pixels[box.top:box.top + box.height, box.left:box.left + box.width])  # (h, w, 3) view
     # channels-last is the layout of torch's vectorised uint8 resampling kernels
     x = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # (1, 3, h, w)
-    out = F.interpolate(x, size=out_size, mode="bicubic", antialias=True, align_corners=False)[0]  # (3, h, w)
+    if x.device.type == "cpu":
+        out = F.interpolate(x, size=out_size, mode="bicubic", antialias=True, align_corners=False)[0]  # (3, h, w)
+    else:  # CUDA has no uint8 antialiased kernel: the same filter in float32, rounded back as the uint8 kernel rounds
+        out = F.interpolate(x.float(), size=out_size, mode="bicubic", antialias=True, align_corners=False)[0]
+        out = out.round_().clamp_(0, 255).to(torch.uint8)  # (3, h, w)
     return out.flip(-1) if flip else out
 
 
@@ -141,14 +165,16 @@ def _decoded(source: Source, name: str, box: CropBox, full: tuple[int, int], siz
     return pixels, CropBox(top, left, max(bottom - top, 1), max(right - left, 1))
 
 
-def _size_of(source: Source, name: str) -> tuple[int, int]:
+def _size_of(source: Source, name: str) -> tuple[int, int, bool]:
+    """(width, height, whether the device can decode it: a YCbCr or grey JPEG)."""
     if isinstance(source, np.ndarray):
-        return source.shape[1], source.shape[0]
+        return source.shape[1], source.shape[0], False
     header = read_header(source, name)
-    return header.width, header.height
+    return header.width, header.height, header.fast
 
 
-def random_resized_crop(source: Source, name: str, size: int, generator: torch.Generator) -> Tensor:
+def random_resized_crop(source: Source, name: str, size: int, generator: torch.Generator, *,
+                        encoded: bool = False) -> Tensor | EncodedView:
     """The training view of one image: a random crop (and flip) resized to (size, size). Returns uint8 (3, size, size).
 
     Args:
@@ -156,17 +182,20 @@ def random_resized_crop(source: Source, name: str, size: int, generator: torch.G
         name: how errors name the image.
         size: output side in pixels.
         generator: the sample's generator (see ``sample_generator``); draws the box, then the flip.
+        encoded: return a JPEG undecoded, as an ``EncodedView`` for ``finish_batch`` (other sources as pixels).
     """
-    width, height = _size_of(source, name)
+    width, height, device_decodable = _size_of(source, name)
     box = sample_crop(width, height, generator)
     flip = sample_flip(generator)
+    if encoded and device_decodable:
+        return EncodedView(torch.frombuffer(bytearray(source), dtype=torch.uint8), box, flip, size)
     pixels, box = _decoded(source, name, box, (width, height), size)
     return crop_resize(pixels, box, size, flip)
 
 
 def center_view(source: Source, name: str, size: int) -> Tensor:
     """The deterministic view for figures: the centred square of side min(H, W), resized to (size, size). uint8."""
-    width, height = _size_of(source, name)
+    width, height, _ = _size_of(source, name)
     side = min(width, height)
     box = CropBox((height - side) // 2, (width - side) // 2, side, side)
     pixels, box = _decoded(source, name, box, (width, height), size)
@@ -200,12 +229,13 @@ class MaskingSpec(NamedTuple):
 
 
 def augment_sample(source: Source, name: str, *, size: int, noise: MaskingSpec, seed: int, epoch: int,
-                   index: int) -> tuple[Tensor, Tensor]:
+                   index: int, encoded: bool = False) -> tuple[Tensor | EncodedView, Tensor]:
     """One training sample: ``(image uint8 (3, size, size), masking noise (L,))``, a pure function of
-    ``(source, seed, epoch, index)``: the crop, the flip and the noise come from the sample's own generator."""
+    ``(source, seed, epoch, index)``: the crop, the flip and the noise come from the sample's own generator.
+    With ``encoded=True`` a JPEG's image is an ``EncodedView`` (the same box and flip), made by ``finish_batch``."""
     generator = sample_generator(seed, epoch, index)
-    image = random_resized_crop(source, name, size, generator)
-    return image, noise.draw(generator)  # (3, S, S), (L,)
+    image = random_resized_crop(source, name, size, generator, encoded=encoded)
+    return image, noise.draw(generator)  # (3, S, S) or EncodedView, (L,)
 
 
 def normalize_on_device(batch: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -228,12 +258,52 @@ def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torc
             torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
 
-def collate_samples(samples: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+class EncodedBatch(NamedTuple):
+    """A batch some of whose views the device still has to make (``finish_batch``)."""
+
+    pixels: Tensor  # (B, 3, S, S) uint8 channels-last: the views made in the worker; zeros in the encoded rows
+    data: list[Tensor]  # (E,) the encoded views' JPEG bytes
+    rows: Tensor  # (E,) int64: their rows in the batch
+    boxes: Tensor  # (E, 4) int64: (top, left, height, width) on the full image
+    flips: Tensor  # (E,) bool
+
+
+def collate_samples(samples: Sequence[tuple[Tensor | EncodedView, Tensor]]) -> tuple[Tensor | EncodedBatch, Tensor]:
     """Batch ``(image uint8 (3, S, S), noise (L,))`` samples: images (B, 3, S, S) stored channels-last, noise (B, L).
 
     In a data-loader worker the batch is written straight into shared memory (as torch's default collate does), so
-    the main process receives it without another copy.
+    the main process receives it without another copy. When some images are ``EncodedView``s the images become an
+    ``EncodedBatch`` (give it to ``finish_batch``).
     """
     images, noise = zip(*samples, strict=True)
-    pixels = default_collate([im.permute(1, 2, 0) for im in images])  # (B, S, S, 3): no transposition to copy
-    return pixels.permute(0, 3, 1, 2), default_collate(list(noise))  # (B, 3, S, S) channels-last, (B, L)
+    rows = [i for i, im in enumerate(images) if isinstance(im, EncodedView)]
+    noise_batch = default_collate(list(noise))  # (B, L)
+    if not rows:
+        pixels = default_collate([im.permute(1, 2, 0) for im in images])  # (B, S, S, 3): no transposition to copy
+        return pixels.permute(0, 3, 1, 2), noise_batch  # (B, 3, S, S) channels-last, (B, L)
+    encoded = [images[i] for i in rows]
+    blank = torch.zeros(encoded[0].size, encoded[0].size, 3, dtype=torch.uint8)  # (S, S, 3)
+    pixels = default_collate([blank if isinstance(im, EncodedView) else im.permute(1, 2, 0) for im in images])
+    return EncodedBatch(pixels.permute(0, 3, 1, 2), [v.data for v in encoded], torch.tensor(rows, dtype=torch.int64),
+                        torch.tensor([v.box for v in encoded], dtype=torch.int64).view(-1, 4),
+                        torch.tensor([v.flip for v in encoded], dtype=torch.bool)), noise_batch
+
+
+def finish_batch(batch: tuple[Tensor | EncodedBatch, Tensor], device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """A collated batch on ``device``: ``(images uint8 (B, 3, S, S), noise (B, L))``, the encoded views made there.
+
+    The batch's JPEGs are decoded in one call on ``device`` (nvJPEG on CUDA, ``decode.decode_jpegs``), then each is
+    cropped to its box, resized by ``crop_resize`` and flipped, exactly as the worker would have done with the same
+    draws, but from the full-size image.
+    """
+    images, noise = batch
+    noise = noise.to(device, non_blocking=True)
+    if not isinstance(images, EncodedBatch):
+        return images.to(device, non_blocking=True), noise
+    pixels = images.pixels.to(device, non_blocking=True)  # (B, 3, S, S)
+    size = tuple(pixels.shape[-2:])
+    decoded = decode_jpegs(images.data, device)  # E x (3, H, W)
+    views = [crop_resize(image.permute(1, 2, 0), CropBox(*box), size, flip)  # (3, S, S)
+             for image, box, flip in zip(decoded, images.boxes.tolist(), images.flips.tolist(), strict=True)]
+    pixels[images.rows.to(device)] = torch.stack(views)  # (E, 3, S, S) into their rows
+    return pixels, noise

@@ -160,14 +160,16 @@ class PretrainSamples(Dataset):
         noise: the masking noise each sample carries (``MaskingSpec``: L patches and the masking strategy).
         seed: run seed.
         repeat: each image appears ``repeat`` times per epoch (with different crops), for tiny datasets.
+        encoded: leave JPEGs undecoded for the training device (``augment_sample``'s ``encoded``).
     """
 
-    def __init__(self, images, *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1) -> None:
+    def __init__(self, images, *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
+                 encoded: bool = False) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         self.images, self.img_size = images, img_size
         self.noise, self.seed, self.repeat = noise, seed, repeat
-        self.epoch = 0
+        self.epoch, self.encoded = 0, encoded
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch's iterator is created (workers copy the dataset then)."""
@@ -182,10 +184,11 @@ class PretrainSamples(Dataset):
 
 
 def sample_or_explain(source: Source, name: str, samples, index: int) -> tuple[Tensor, Tensor]:
-    """``augment_sample`` for a dataset with ``img_size, noise, seed, epoch``; decoding errors say what to do."""
+    """``augment_sample`` for a dataset with ``img_size, noise, seed, epoch, encoded``; errors say what to do."""
     try:
         return augment_sample(source, name, size=samples.img_size, noise=samples.noise,
-                              seed=samples.seed, epoch=samples.epoch, index=index)
+                              seed=samples.seed, epoch=samples.epoch, index=index,
+                              encoded=samples.encoded)
     except UnreadableImageError as err:
         raise UnreadableImageError(
             f"{err}; it passed the start-up check but cannot be used: remove or replace it and resume from the "

@@ -6,6 +6,10 @@ crop will be shrunk anyway (``min_size``). Everything else (PNG, CMYK JPEG, TIFF
 through Pillow, the plain fallback; without ``simplejpeg`` installed, JPEG does too (with Pillow's ``draft``, the same
 DCT scaling). ``benchmarks/pipeline.py`` measured the candidates; see its README for the numbers behind this choice.
 
+``decode_jpegs`` decodes a batch of JPEGs on a device in one call (``mae-pretrain --decode-device cuda``; nvJPEG on
+CUDA): through TorchCodec when it is installed (``pip install 'mae-pytorch[gpu]'``), else through torchvision's
+``decode_jpeg``, which torchvision 0.29 deprecated in TorchCodec's favour (same call, same decoders).
+
 Pixels are never clipped silently: 16-bit images are scaled to 8 bits (65535 -> 255), float images must hold values
 in [0, 1] (scaled by 255), and images whose range is unknown (32-bit integers) are refused with the file's name.
 """
@@ -16,6 +20,7 @@ import io
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:  # Pillow belongs to the train extra: imported where used (mae.train.extra)
     from PIL import Image
@@ -25,7 +30,8 @@ try:  # optional: the train extra installs it; without it JPEG is decoded by Pil
 except ImportError:  # pragma: no cover - exercised only in environments without the package
     simplejpeg = None
 
-__all__ = ["ImageHeader", "UnreadableImageError", "decode_rgb", "read_header", "to_rgb_array"]
+__all__ = ["ImageHeader", "UnreadableImageError", "decode_jpegs", "decode_rgb", "jpeg_decoder", "read_header",
+           "to_rgb_array"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB itself; CMYK and YCCK are not
@@ -89,6 +95,31 @@ def decode_rgb(data: bytes, name: str, *, min_size: tuple[int, int] | None = Non
         raise
     except Exception as err:
         raise UnreadableImageError(f"image {name} cannot be decoded ({err})") from err
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """Decode JPEGs (each a 1-D uint8 CPU tensor of the file's bytes) on ``device`` into RGB uint8 (3, H, W) there.
+
+    One call for the whole list: on CUDA nvJPEG decodes the batch together. Grey JPEGs come out as RGB.
+    """
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError:  # TorchCodec is optional: torchvision (the train extra) has the same decoders
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return decode_jpeg(list(data), mode="RGB", device=device)
+
+
+def jpeg_decoder() -> str:
+    """Which library ``decode_jpegs`` uses here, with its version (for benchmark reports)."""
+    try:
+        import torchcodec
+    except ImportError:
+        import torchvision
+
+        return f"torchvision {torchvision.__version__} (deprecated; pip install torchcodec)"
+    return f"torchcodec {torchcodec.__version__}"
 
 
 def _check_bytes(data: object, name: str) -> None:

@@ -5,8 +5,10 @@
 as ``/data/train-{0000..0099}.tar``, or several of these joined by ``::``.
 
 Batches travel as uint8 (pinned on CUDA); the training step normalises them on its device with
-``normalize_on_device``. ``Batches`` also measures how long the training loop waited for each batch: its share of the
-epoch is the data-wait fraction in the epoch summary (docs/pretraining.md says how to size ``--num-workers`` from it).
+``normalize_on_device``. With ``--decode-device cuda`` the workers leave JPEGs encoded and ``Batches`` makes each
+batch's views on the training device (``finish_batch``) before handing it over. ``Batches`` also measures how long
+the training loop waited for each batch: its share of the epoch is the data-wait fraction in the epoch summary
+(docs/pretraining.md says how to size ``--num-workers`` from it).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ...config import IMAGENET_MEAN, IMAGENET_STD
-from .augment import MaskingSpec, center_view, collate_samples, normalize_on_device
+from .augment import MaskingSpec, center_view, collate_samples, finish_batch, normalize_on_device
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
-__all__ = ["Batches", "RunData", "build_data", "build_loader", "data_seed", "normalize_on_device"]
+__all__ = ["DECODE_DEVICES", "Batches", "RunData", "build_data", "build_loader", "data_seed", "decode_device_of",
+           "normalize_on_device"]
+
+DECODE_DEVICES = ("cpu", "cuda")  # where JPEGs are decoded: in the data-loader workers, or on the training GPU
 
 
 class RunData(NamedTuple):
@@ -39,7 +44,7 @@ def build_data(config) -> RunData:
     model = config.model_config
     noise = MaskingSpec.of(model)
     size, samples = config.img_size, dict(img_size=config.img_size, noise=noise, seed=config.seed,
-                                          repeat=config.repeat)
+                                          repeat=config.repeat, encoded=config.decode_device != "cpu")
     if config.data is None:
         images = skimage_photos(SKIMAGE_TRAIN)
         # Each held-out photo whole and as its centre half, so the figure shows both coarse and fine structure.
@@ -78,11 +83,14 @@ class Batches:
     """An epoch's batches for this process (uint8 images (B, C, H, W), noise (B, L)), timing the waits for them.
 
     ``wait_seconds``: time spent inside ``next()`` of the loader during the current epoch (reset by ``set_epoch``),
-    i.e. the time the training loop could not run because the next batch was not ready.
+    i.e. the time the training loop could not run because the next batch was not ready. With ``decode_on`` each
+    batch is finished there (``finish_batch``) and the time that takes counts as waiting too.
     """
 
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None, seed: int) -> None:
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None, seed: int,
+                 decode_on: torch.device | None = None) -> None:
         self.loader, self.sampler, self.seed, self.wait_seconds = loader, sampler, seed, 0.0
+        self.decode_on = decode_on
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -104,6 +112,8 @@ class Batches:
         while True:
             try:
                 batch = next(iterator)
+                if self.decode_on is not None:
+                    batch = finish_batch(batch, self.decode_on)
             except StopIteration:
                 self.wait_seconds += time.perf_counter() - start
                 return
@@ -112,9 +122,29 @@ class Batches:
             start = time.perf_counter()
 
 
+def decode_device_of(decode_device: str, device: torch.device) -> torch.device | None:
+    """Where ``Batches`` finishes the batches for ``--decode-device`` (None: the workers decode) on a run on ``device``.
+
+    Raises:
+        ValueError: an unknown name, or ``cuda`` when the run does not train on a CUDA GPU.
+    """
+    if decode_device not in DECODE_DEVICES:
+        raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}")
+    if decode_device == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        raise ValueError("--decode-device cuda needs a CUDA GPU, and torch finds none (torch.cuda.is_available() is "
+                         "False); use --decode-device cpu")
+    if device.type != "cuda":
+        raise ValueError(f"--decode-device cuda decodes on the training GPU, but this run trains on {device}; "
+                         "use --device cuda (or auto) or --decode-device cpu")
+    return device
+
+
 def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, num_workers: int, rank: int,
-                 world_size: int, seed: int, pin_memory: bool) -> Batches:
-    """This process's batches: image folders and photographs through a DistributedSampler, shards split by batch."""
+                 world_size: int, seed: int, pin_memory: bool, decode_on: torch.device | None = None) -> Batches:
+    """This process's batches: image folders and photographs through a DistributedSampler, shards split by batch.
+    ``decode_on``: the device that finishes each batch (``decode_device_of``), None when the workers decode."""
     if isinstance(dataset, ShardSamples):
         dataset.split(rank=rank, world_size=world_size, batch_size=batch_size)
         sampler = None
@@ -123,7 +153,7 @@ def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, nu
                                      drop_last=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                         pin_memory=pin_memory, collate_fn=collate_samples)
-    return Batches(loader, sampler, seed)
+    return Batches(loader, sampler, seed, decode_on)
 
 
 def data_seed(seed: int, rollbacks: int) -> int:

@@ -330,10 +330,11 @@ class ShardSamples(IterableDataset):
     Args:
         sha256: each shard's expected SHA-256 (hex), or None where unknown; checked once per run during the first
             epoch, each shard by one reader (module docstring).
+        encoded: leave JPEGs encoded for the training device (``augment_sample``'s ``encoded``).
     """
 
     def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
-                 sha256: Sequence[str | None] | None = None) -> None:
+                 sha256: Sequence[str | None] | None = None, encoded: bool = False) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         if not shards:
@@ -355,6 +356,7 @@ class ShardSamples(IterableDataset):
         self.chunks = np.array([(self.starts[s] + i, min(CHUNK, c - i)) for s, c in enumerate(counts)
                                 for i in range(0, c, CHUNK)], np.int64).reshape(-1, 2)
         self.img_size, self.noise, self.seed, self.repeat = img_size, noise, seed, repeat
+        self.encoded = encoded  # JPEGs left for the training device (augment_sample's encoded)
         self.epoch, self.rank, self.world_size, self.batch_size = 0, 0, 1, 1
         self.first_epoch: int | None = None  # the run's first epoch, when the checksums are verified
 
@@ -426,7 +428,8 @@ class ShardSamples(IterableDataset):
         data, s, offset = self.source(index, files)
         try:
             return augment_sample(data, f"{self.shards[s]}@{offset}", size=self.img_size,
-                                  noise=self.noise, seed=self.seed, epoch=self.epoch, index=index)
+                                  noise=self.noise, seed=self.seed, epoch=self.epoch, index=index,
+                                  encoded=self.encoded)
         except UnreadableImageError as err:
             member = _member_at(self.shards[s], offset)
             raise UnreadableImageError(
