@@ -59,7 +59,7 @@ def test_cli_errors(tmp_path, capsys):
     differ = _folder(tmp_path / "differ", train=("a", "b"), val=("a", "c"))
     err = _error(linprobe_main, [*TINY, "--data", str(differ), *out], capsys)
     assert "class folders of train/ and val/ differ" in err and "['b']" in err and "['c']" in err
-    assert "must be even" in _error(finetune_main, [*TINY, "--batch-size", "7", *out], capsys)
+    assert "must be even" in _error(finetune_main, [*TINY, "--batch-size", "7", "--mixup", "0.8", *out], capsys)
     assert "warmup_epochs (5.0) must not exceed" in _error(
         finetune_main, [*TINY, "--epochs", "2", "--warmup-epochs", "5", *out], capsys)
 

@@ -50,7 +50,7 @@ def test_token_pool_features_equal_ours():
         ours, theirs = model.forward_features(imgs), vit.forward_features(imgs)
         # float32 rounding of two kernels (a conv against our per-patch linear, thread-count dependent): ~1e-6
         torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(vit(imgs), ours[:, 0], rtol=1e-5, atol=1e-5)  # num_classes=0: forward gives the cls feature
+        torch.testing.assert_close(vit(imgs), ours[:, 0], rtol=1e-5, atol=1e-5)  # num_classes=0: the cls feature
     assert all(m.eps == 1e-6 for m in vit.modules() if isinstance(m, nn.LayerNorm))
 
 

@@ -53,6 +53,11 @@ class LabelledData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def transformed(self, train_transform, val_transform) -> LabelledData:
+        """Set the transforms of the two splits (chosen once the run's recipe, which depends on the data, is known)."""
+        self.train.transform, self.val.transform = train_transform, val_transform
+        return self
+
 
 def digits_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 8, 8) uint8 in [0, 255] and labels (N,) of one split of scikit-learn's digits.

@@ -97,14 +97,15 @@ def finetune(
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     cfg = run.config
     encoder, source = run.load_encoder(given, on_device=False)  # moved to the device as a timm model
-    cfg = cfg.resolve(encoder.config.embed_dim)
+    img_size = encoder.config.img_size[0]
+    data = load_data(cfg.data, img_size)
+    cfg = cfg.resolve(encoder.config.embed_dim, len(data.train))
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ValueError(f"batch_size must be even with mixup/cutmix (pairs are mixed), got {cfg.batch_size}")
-    img_size = encoder.config.img_size[0]
     auto_augment = None if cfg.auto_augment.lower() == "none" else cfg.auto_augment
-    data = load_data(cfg.data, img_size, finetune_train_transform(img_size, auto_augment, cfg.reprob),
+    data.transformed(finetune_train_transform(img_size, auto_augment, cfg.reprob),
                      eval_transform(img_size, cfg.crop_pct))
-    run.begin(cfg, {"encoder": source, "data_description": data.description, "num_classes": data.num_classes})
+    run.begin(cfg, data, {"encoder": source})
 
     torch.manual_seed(cfg.seed)  # the new head and fc_norm
     model = build_finetune_model(encoder, data.num_classes, drop_path=cfg.drop_path).to(run.device)

@@ -89,14 +89,15 @@ def knn(
 def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     cfg = run.config
     encoder, source = run.load_encoder(given)
-    cfg = cfg.resolve(encoder.config.embed_dim)
     img_size = encoder.config.img_size[0]
-    tf = eval_transform(img_size, cfg.crop_pct)
-    data = load_data(cfg.data, img_size, tf, tf)
+    data = load_data(cfg.data, img_size)
+    cfg = cfg.resolve(encoder.config.embed_dim, len(data.train))
     if cfg.k > len(data.train):
         raise ValueError(f"k={cfg.k} neighbours cannot be found among the {len(data.train)} training images; pass "
                          f"--k {len(data.train)} or fewer")
-    run.begin(cfg, {"encoder": source, "data_description": data.description, "num_classes": data.num_classes})
+    tf = eval_transform(img_size, cfg.crop_pct)
+    data.transformed(tf, tf)
+    run.begin(cfg, data, {"encoder": source})
     cached = run.resumed.get("features") if run.resumed is not None else None
     if cached is None:
         encoder.eval()

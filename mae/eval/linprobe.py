@@ -112,11 +112,12 @@ def _run(run: Run, given: MaskedAutoEncoder | None) -> dict[str, Any]:
     cfg = run.config
     torch.manual_seed(cfg.seed)
     encoder, source = run.load_encoder(given)
-    cfg = cfg.resolve(encoder.config.embed_dim)
     img_size = encoder.config.img_size[0]
+    data = load_data(cfg.data, img_size)
+    cfg = cfg.resolve(encoder.config.embed_dim, len(data.train))
     val_tf = eval_transform(img_size, cfg.crop_pct)
-    data = load_data(cfg.data, img_size, val_tf if cfg.cache_features else probe_train_transform(img_size), val_tf)
-    run.begin(cfg, {"encoder": source, "data_description": data.description, "num_classes": data.num_classes})
+    data.transformed(val_tf if cfg.cache_features else probe_train_transform(img_size), val_tf)
+    run.begin(cfg, data, {"encoder": source})
 
     encoder.eval()
     train_set, val_set = data.train, data.val

@@ -42,7 +42,8 @@ from ..runtime.distributed import (
 )
 from ..runtime.loop import Schedule, Trainer, autocast, resolve_precision
 from ..runtime.run_folder import LOCK_FILE, RunLock
-from .config import RESUMABLE_FIELDS, EvalConfig
+from .config import RESUMABLE_FIELDS, SMALL_DATA_IMAGES, EvalConfig
+from .data import LabelledData
 from .encoder import load_encoder
 
 __all__ = [
@@ -187,15 +188,22 @@ class Run:
                             patch_size=cfg.patch_size, builtin_data=cfg.data is None, seed=cfg.seed,
                             device=self.device if on_device else None)
 
-    def begin(self, config: EvalConfig, extra: dict[str, Any]) -> None:
-        """Write the resolved config (rank 0), once the inputs are known to be valid. What an earlier attempt of
-        this run left without saving any work (``_refusal`` allowed it) is replaced."""
+    def begin(self, config: EvalConfig, data: LabelledData, extra: dict[str, Any]) -> None:
+        """Write the resolved config (rank 0), once the inputs are known to be valid, and say which recipe the data
+        chose. What an earlier attempt of this run left without saving any work (``_refusal`` allowed it) is
+        replaced."""
         self.config = config
+        recipe = config.recipe(len(data.train))
         if self.info.is_main and self.resumed is None:
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if self.info.is_main:
-            resolved = {"protocol": config.protocol, **config.to_dict(), "precision_used": self.precision,
-                        "world_size": self.info.world_size, "device_used": str(self.info.device), **extra}
+            if config.data is not None and recipe == "small-data":
+                tqdm.write(f"mae-{config.protocol}: {len(data.train):,} training images (fewer than "
+                           f"{SMALL_DATA_IMAGES:,}): the small-data recipe (docs/evaluation.md); flags you pass win")
+            resolved = {"protocol": config.protocol, **config.to_dict(), "recipe": recipe,
+                        "precision_used": self.precision, "world_size": self.info.world_size,
+                        "device_used": str(self.info.device), "data_description": data.description,
+                        "num_train": len(data.train), "num_classes": data.num_classes, **extra}
             write_json(self.run_dir / CONFIG_FILE, resolved)
         barrier(self.info)
 
