@@ -52,8 +52,8 @@ import pipeline  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from mae import create_model  # noqa: E402
+from mae.io.images import jpeg_decoder  # noqa: E402
 from mae.train.data.augment import MaskingSpec, augment_sample, collate_samples, finish_batch  # noqa: E402
-from mae.train.data.decode import jpeg_decoder  # noqa: E402
 
 
 @dataclass(frozen=True)

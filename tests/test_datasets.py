@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from mae.io.images import UnreadableImageError, decode_rgb, scan_image_folder
 from mae.train.data.augment import MaskingSpec
-from mae.train.data.datasets import ImageFiles, PretrainSamples, scan_image_folder
-from mae.train.data.decode import UnreadableImageError, decode_rgb
+from mae.train.data.datasets import ImageFiles, PretrainSamples
 
 
 def write_images(folder, n, size=(40, 48), seed=0):

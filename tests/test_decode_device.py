@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from mae.io.images import read_header
 from mae.train.cli import main
 from mae.train.data import augment
 from mae.train.data.augment import (
@@ -34,7 +35,6 @@ from mae.train.data.augment import (
     sample_flip,
     sample_generator,
 )
-from mae.train.data.decode import read_header
 from mae.train.data.loader import decode_device_of
 
 # What "the same pixels up to the decoder" means for 224-px views (grey levels of 0..255):

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision import transforms
 
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
-from mae.train.data import decode
+from mae.io import images as decode
 from mae.train.data.augment import (
     CROP_RATIO,
     CROP_SCALE,

@@ -17,8 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from mae.io.images import scan_image_folder
 from mae.train.data.augment import MaskingSpec
-from mae.train.data.datasets import ImageFiles, PretrainSamples, scan_image_folder
+from mae.train.data.datasets import ImageFiles, PretrainSamples
 from mae.train.data.make_shards import main as make_shards
 from mae.train.data.shards import ShardSamples, expand_braces, is_shard_spec, resolve_shards
 

@@ -1,4 +1,10 @@
-"""Labelled data for evaluation: an ImageFolder with ``train/`` and ``val/``, or the built-in digits; transforms.
+"""Labelled data for evaluation: a folder with ``train/<class>/`` and ``val/<class>/``, or the built-in digits;
+transforms.
+
+Folder images are read by ``mae.io.images``, the reader pretraining uses, with its rules: 16-bit images scaled to 8
+bits, float images in [0, 1], integer images of unknown range refused, unreadable files (and FIFOs, devices) skipped
+and counted by name, symbolic-link cycles walked once. The label of an image is the class folder directly under its
+split; files directly in ``train/`` or ``val/`` have no class and are left out.
 
 Built-in data set (no ``--data``): scikit-learn's handwritten digits, 1,797 grey 8x8 images of 10 classes that ship
 inside the package (offline). They are upscaled bilinearly to the model's input size and repeated to three channels;
@@ -21,13 +27,14 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import transforms
-from torchvision.datasets import ImageFolder
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..io.images import decode_rgb, scan_image_folder
 
 __all__ = [
     "DIGITS_VAL_FRACTION",
     "DigitsDataset",
+    "LabelledFolder",
     "LabelledData",
     "digits_split",
     "eval_transform",
@@ -101,6 +108,26 @@ class DigitsDataset(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[index])
 
 
+class LabelledFolder(Dataset):
+    """One split of a labelled folder (``split/<class>/.../<image>``) as ``(RGB PIL image after the transform,
+    label)``, the classes in sorted order."""
+
+    def __init__(self, split_dir: Path, classes: list[str], transform=None) -> None:
+        paths, self.skipped = scan_image_folder(split_dir, name="--data")
+        index = {c: i for i, c in enumerate(classes)}
+        self.samples = [(p, index[p.relative_to(split_dir).parts[0]]) for p in paths
+                        if len(p.relative_to(split_dir).parts) > 1 and p.relative_to(split_dir).parts[0] in index]
+        self.classes, self.transform = classes, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        img = Image.fromarray(decode_rgb(path.read_bytes(), repr(str(path))))
+        return (self.transform(img) if self.transform else img), label
+
+
 def _check_folder(root: Path) -> tuple[Path, Path]:
     if not root.exists():
         raise FileNotFoundError(f"--data {str(root)!r} does not exist; expected a folder with train/ and val/")
@@ -113,7 +140,7 @@ def _check_folder(root: Path) -> tuple[Path, Path]:
             f"--data {str(root)!r} has no {' and no '.join(missing)} subfolder; expected ImageFolder layout "
             f"{root}/train/<class>/<image> and {root}/val/<class>/<image>"
         )
-    found = [sorted(d.name for d in p.iterdir() if d.is_dir()) for p in splits]
+    found = [sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")) for p in splits]
     for p, names in zip(splits, found, strict=True):
         if not names:
             raise ValueError(f"{str(p)!r} has no class subfolders; expected {p}/<class>/<image>")
@@ -145,13 +172,16 @@ def load_data(data: str | os.PathLike | None, img_size: int, train_transform=Non
         desc = f"scikit-learn digits (8x8 grey, upscaled to {img_size} px): {len(train)} train / {len(val)} val"
         return LabelledData(train, val, train.classes, desc)
     train_dir, val_dir = _check_folder(Path(data).expanduser())
-    train = ImageFolder(str(train_dir), transform=train_transform)
-    val = ImageFolder(str(val_dir), transform=val_transform)
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    train = LabelledFolder(train_dir, classes, train_transform)
+    val = LabelledFolder(val_dir, classes, val_transform)
     for ds, d in ((train, train_dir), (val, val_dir)):
         if len(ds) == 0:
             raise ValueError(f"{str(d)!r} holds no image files in its class folders")
-    desc = f"ImageFolder {data}: {len(train)} train / {len(val)} val images, {len(train.classes)} classes"
-    return LabelledData(train, val, list(train.classes), desc)
+    skipped = len(train.skipped) + len(val.skipped)
+    desc = (f"image folder {data}: {len(train)} train / {len(val)} val images, {len(classes)} classes"
+            + (f", {skipped} unreadable file(s) skipped (e.g. {(train.skipped + val.skipped)[0]})" if skipped else ""))
+    return LabelledData(train, val, classes, desc)
 
 
 def _normalise() -> list:

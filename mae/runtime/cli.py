@@ -147,15 +147,25 @@ def parsed_fields(namespace: argparse.Namespace) -> dict[str, Any]:
     return {k: dict(v) if isinstance(v, list) and v and isinstance(v[0], tuple) else v for k, v in args.items()}
 
 
+def _message(err: BaseException) -> str:
+    """An error's own message; one raised in a data-loader worker reaches the main process wrapped in torch's
+    "Caught ... in DataLoader worker process N" with the worker's traceback: keep only its last line, the message."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def run_command(prog: str, body: Callable[[], object], next_step: Callable[[], str]) -> int:
     """Run ``body()`` for the command ``prog``; returns its exit code (0 when it returned)."""
     try:
         body()
         return 0
     except (ValueError, TypeError, ImportError) as err:
-        line, code = f"error: {err}", 2
+        line, code = f"error: {_message(err)}", 2
     except FloatingPointError as err:
-        line, code = f"stopped: {err}", 1
+        line, code = f"stopped: {_message(err)}", 1
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
         line, code = f"error: {where}{err.strerror or err}", 1

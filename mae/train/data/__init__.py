@@ -1,6 +1,6 @@
-"""The pretraining input pipeline: decode, augment, samples from folders or tar shards, batches per process.
+"""The pretraining input pipeline: augment, samples from folders or tar shards, batches per process. Image files are
+read by ``mae.io.images``, the one image reader pretraining and evaluation share.
 
-* ``decode``: image headers and decoding (DCT-scaled JPEG decoding where it keeps the quality);
 * ``augment``: the paper's random resized crop and flip on uint8 tensors, each sample's masking noise
   (``MaskingSpec``), all pure functions of (seed, epoch, index);
 * ``datasets``: image folders and the built-in photographs; ``shards``: tar shards; ``make_shards``: the

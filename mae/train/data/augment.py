@@ -37,7 +37,7 @@ from torch.utils.data import default_collate
 from ..._checks import to_pair
 from ...config import MAEConfig
 from ...functional import block_mask, grid_mask, mask_to_noise
-from .decode import decode_jpegs, decode_rgb, read_header
+from ...io.images import decode_jpegs, decode_rgb, read_header
 
 __all__ = [
     "CROP_RATIO",
@@ -292,9 +292,9 @@ def collate_samples(samples: Sequence[tuple[Tensor | EncodedView, Tensor]]) -> t
 def finish_batch(batch: tuple[Tensor | EncodedBatch, Tensor], device: torch.device | str) -> tuple[Tensor, Tensor]:
     """A collated batch on ``device``: ``(images uint8 (B, 3, S, S), noise (B, L))``, the encoded views made there.
 
-    The batch's JPEGs are decoded in one call on ``device`` (nvJPEG on CUDA, ``decode.decode_jpegs``), then each is
-    cropped to its box, resized by ``crop_resize`` and flipped, exactly as the worker would have done with the same
-    draws, but from the full-size image.
+    The batch's JPEGs are decoded in one call on ``device`` (nvJPEG on CUDA, ``mae.io.images.decode_jpegs``), then
+    each is cropped to its box, resized by ``crop_resize`` and flipped, exactly as the worker would have done with the
+    same draws, but from the full-size image.
     """
     images, noise = batch
     noise = noise.to(device, non_blocking=True)

@@ -22,8 +22,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ...config import IMAGENET_MEAN, IMAGENET_STD
+from ...io.images import scan_image_folder
 from .augment import MaskingSpec, center_view, collate_samples, finish_batch, normalize_on_device
-from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, scan_image_folder, skimage_photos
+from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
 __all__ = ["DECODE_DEVICES", "Batches", "RunData", "build_data", "build_loader", "data_seed", "decode_device_of",

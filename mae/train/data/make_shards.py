@@ -49,10 +49,9 @@ import numpy as np
 
 from ..._checks import check_int
 from ...io.atomic import atomic_write, write_json
+from ...io.images import UnreadableImageError, decode_rgb, read_header, scan_image_folder
 from ...runtime.cli import run_command
 from . import augment
-from .datasets import scan_image_folder
-from .decode import UnreadableImageError, decode_rgb, read_header
 from .shards import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, file_sha256, index_shard
 
 __all__ = ["JPEG_QUALITY", "MIN_MAX_SIDE", "build_parser", "check_max_side", "main", "make_shards", "shrink_image"]

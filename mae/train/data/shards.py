@@ -55,9 +55,8 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..._checks import check_regular_file
+from ...io.images import IMAGE_EXTENSIONS, UnreadableImageError
 from .augment import MaskingSpec, augment_sample
-from .datasets import IMAGE_EXTENSIONS
-from .decode import UnreadableImageError
 
 __all__ = ["CHUNK", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "MAX_SHARD_NAMES", "ShardIndex",
            "ShardSamples", "expand_braces", "file_sha256", "index_shard", "is_shard_spec", "read_manifest",

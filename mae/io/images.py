@@ -1,4 +1,5 @@
-"""Decoding image files into RGB uint8 arrays (H, W, 3), fast for JPEG and correct for everything else.
+"""The one image reader: folders of image files scanned, and files decoded into RGB uint8 arrays (H, W, 3), fast for
+JPEG and correct for everything else. Pretraining and evaluation both read images through it.
 
 JPEG (greyscale or YCbCr, the common case) is decoded by libjpeg-turbo through ``simplejpeg``, optionally at a reduced
 size: libjpeg-turbo can run its inverse DCT at 1/2, 1/4 or 1/8 scale, skipping most of the decoding work when the
@@ -10,6 +11,11 @@ DCT scaling). ``benchmarks/pipeline.py`` measured the candidates; see its README
 CUDA): through TorchCodec when it is installed (``pip install 'mae-pytorch[gpu]'``), else through torchvision's
 ``decode_jpeg``, which torchvision 0.29 deprecated in TorchCodec's favour (same call, same decoders).
 
+Scanning (``scan_image_folder``): every image file is opened once; files that cannot be opened are SKIPPED, counted
+and named in a warning (and in the run's config). FIFOs, devices and sockets with an image name are skipped the same
+way, by their type, without being opened (a FIFO would wait for a writer). Symbolic links are followed, but every real
+folder is walked once: a link cycle neither repeats images nor runs forever.
+
 Pixels are never clipped silently: 16-bit images are scaled to 8 bits (65535 -> 255), float images must hold values
 in [0, 1] (scaled by 255), and images whose range is unknown (32-bit integers) are refused with the file's name.
 """
@@ -17,12 +23,18 @@ in [0, 1] (scaled by 255), and images whose range is unknown (32-bit integers) a
 from __future__ import annotations
 
 import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # Pillow belongs to the train extra: imported where used (mae.train.extra)
+from .._checks import special_file_kind
+
+if TYPE_CHECKING:  # Pillow belongs to the train and eval extras: imported where used
     from PIL import Image
 
 try:  # optional: the train extra installs it; without it JPEG is decoded by Pillow
@@ -30,8 +42,13 @@ try:  # optional: the train extra installs it; without it JPEG is decoded by Pil
 except ImportError:  # pragma: no cover - exercised only in environments without the package
     simplejpeg = None
 
-__all__ = ["ImageHeader", "UnreadableImageError", "decode_jpegs", "decode_rgb", "jpeg_decoder", "read_header",
-           "to_rgb_array"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageHeader", "UnreadableImageError", "decode_jpegs", "decode_rgb", "jpeg_decoder",
+           "read_header", "scan_image_folder", "to_rgb_array"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+# Pixel modes whose values may have no 8-bit meaning (see to_rgb_array): checked when a folder is scanned
+_CHECKED_MODES = ("F", "I", "I;32", "I;32B", "I;32L")
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")  # what libjpeg-turbo converts to RGB itself; CMYK and YCCK are not
@@ -167,3 +184,77 @@ def to_rgb_array(im: Image.Image, name: str) -> np.ndarray:
     else:
         return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns about read-only arrays
     return np.repeat(grey[:, :, None], 3, axis=2)  # grey -> RGB
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+
+def _is_readable_image(path: Path) -> bool:
+    from PIL import Image  # the train extra's packages are imported where used (the train and eval extras)
+
+    if special_file_kind(path) is not None:
+        return False
+    try:
+        with Image.open(path) as im:
+            im.verify()  # parses the header (and, for PNG, the chunk checksums) without decoding the pixels
+        with Image.open(path) as im:
+            if im.mode in _CHECKED_MODES:  # rare: decode now, so a float image outside [0, 1] is skipped here
+                to_rgb_array(im, repr(str(path)))
+        return True
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for broken files
+        return False
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Image files under ``root``, following symbolic links but walking every real folder once, sorted."""
+    walked: set[tuple[int, int]] = set()  # (device, inode) of each folder already walked
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in walked:  # reached again through a link (a cycle, or a second way in)
+            dirnames[:] = []
+            continue
+        walked.add((info.st_dev, info.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def scan_image_folder(root: str | os.PathLike, name: str = "--data") -> tuple[list[Path], list[Path]]:
+    """Every image file under ``root``: an ImageFolder tree (``root/class/x.jpg``) or a flat folder.
+
+    Class folders are irrelevant for pretraining, so the tree is walked recursively (hidden entries skipped) and the
+    files are sorted, giving the same order on every machine.
+
+    Returns:
+        ``(readable, skipped)``: the files that open, and those that do not (corrupt, empty, not an image, a FIFO,
+        device or socket).
+
+    Raises:
+        ValueError: ``root`` is missing, not a directory, or holds no image file at all.
+    """
+    root_path = Path(root)
+    if not root_path.exists():
+        raise ValueError(f"{name} {str(root)!r} does not exist; expected a folder of images (flat or class subfolders)")
+    if not root_path.is_dir():
+        kind = special_file_kind(root_path) or "a file"
+        raise ValueError(f"{name} {str(root)!r} is {kind}, not a directory; expected a folder of images")
+    candidates = _image_files(root_path)
+    if not candidates:
+        raise ValueError(
+            f"{name} {str(root)!r} holds no image file (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    with ThreadPoolExecutor(max_workers=8) as pool:  # opening files is I/O bound: threads help on network storage
+        ok = list(pool.map(_is_readable_image, candidates))
+    readable = [p for p, good in zip(candidates, ok, strict=True) if good]
+    skipped = [p for p, good in zip(candidates, ok, strict=True) if not good]
+    if skipped:
+        examples = ", ".join(str(p) for p in skipped[:3])
+        warnings.warn(
+            f"{name} {str(root)!r}: skipped {len(skipped)} unreadable image file(s) out of {len(candidates)} "
+            f"(e.g. {examples})",
+            stacklevel=2,
+        )
+    if not readable:
+        raise ValueError(f"{name} {str(root)!r}: none of its {len(candidates)} image files could be read")
+    return readable, skipped
