@@ -301,11 +301,15 @@ def check_mask(mask: Any, batch_size: int | None = None, num_patches: int | None
 
 
 def check_noise(noise: Any, generator: Any, shape: tuple[int, int], device: torch.device, ref: str) -> None:
-    """A ``generator`` and ``noise``: None or a real (B, L) tensor of ``shape`` on ``device``, those of ``ref``."""
+    """A ``generator`` and ``noise``: None or a real (B, L) tensor of ``shape`` on ``device``, those of ``ref``,
+    finite (NaN has no rank). Its values are read on the CPU only, where that costs no device sync."""
     check_generator(generator)
     if noise is not None and (check_shaped(noise, "noise", shape, device, "(B, L)", ref).is_complex()
                               or noise.dtype == torch.bool):
         raise TypeError(f"noise must be a real tensor ranking the patches (small = keep), got dtype {noise.dtype}")
+    if (noise is not None and noise.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(noise).all())):
+        raise ValueError("noise holds NaN or infinite values, which rank no patch; pass finite noise (small = keep)")
 
 
 def check_masking_args(mask_ratio: Any, noise: Any, generator: Any, masking: Any, mask: Any, *,

@@ -439,6 +439,16 @@ def test_rejects_noise_of_wrong_shape(model):
         model.encoder(images_for(model), noise=torch.rand(16))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_rejects_non_finite_noise(model, bad):
+    noise = torch.rand(2, 16)
+    noise[1, 3] = bad
+    with pytest.raises(ValueError, match="noise holds NaN or infinite values"):
+        model(images_for(model), noise=noise)
+    with pytest.raises(ValueError, match="noise holds NaN or infinite values"):
+        model.encoder(images_for(model), noise=noise)
+
+
 def test_rejects_inputs_on_another_device():
     meta_model = MaskedAutoEncoder(**TINY, device="meta")
     with pytest.raises(ValueError, match="imgs is on cpu but the model is on meta"):
