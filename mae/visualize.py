@@ -206,7 +206,10 @@ def reconstruction_figure(
     title: str | None = None,
     dpi: int = 100,
 ) -> Figure:
-    """Grid of original / masked / reconstruction / reconstruction with visible patches pasted back, one row per image.
+    """Grid of original / masked / prediction / prediction with the visible patches pasted back, one row per image.
+
+    The prediction column shows the decoder's output everywhere, and says that its visible positions are untrained
+    (the loss covers removed patches only); the last column is what the paper's figures show.
 
     Args:
         model: a ``MaskedAutoEncoder`` on any device; its train/eval mode is restored afterwards.
@@ -257,8 +260,11 @@ def reconstruction_figure(
 
     B, _, H, W = rec.original.shape
     removed = float(rec.mask.mean())
-    headers = ["original", f"masked ({removed:.0%} removed)", "reconstruction", "reconstruction + visible"]
-    notes = [title or "MAE reconstructions"]
+    headers = ["original", f"masked ({removed:.0%} removed)", "prediction (visible: untrained)",
+               "reconstruction + visible"]
+    notes = [title or "MAE reconstructions",
+             "The loss covers the removed patches only (Sec. 3), so the predictions at visible positions are never "
+             "trained; the last column pastes the visible patches back, as the paper's figures do"]
     if net.config.norm_pix_loss:
         notes.append("norm_pix_loss model: each predicted patch is de-normalised with the mean and std of the same "
                      "patch of the original image (so its brightness and contrast come from the original)")

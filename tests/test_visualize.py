@@ -232,8 +232,10 @@ def test_figure_layout_and_pixels_rgb():
     assert isinstance(fig, Figure) and isinstance(fig.canvas, FigureCanvasAgg)
     assert len(fig.axes) == 3 * 4
     assert [ax.get_title() for ax in fig.axes[:4]] == [
-        "original", "masked (75% removed)", "reconstruction", "reconstruction + visible"]
+        "original", "masked (75% removed)", "prediction (visible: untrained)", "reconstruction + visible"]
     assert fig.get_suptitle().startswith("run x")
+    # a newcomer is told why the visible positions of the prediction look wrong
+    assert "visible positions are never trained" in " ".join(fig.get_suptitle().split())
     # The displayed original is the de-normalised input, clipped to [0, 1], as (H, W, 3).
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     expected = (imgs[2] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
