@@ -44,7 +44,8 @@ from torchvision import transforms
 from torchvision.io import decode_jpeg
 
 from mae.config import IMAGENET_MEAN, IMAGENET_STD
-from mae.train.data import augment, decode
+from mae.io import images as decode
+from mae.train.data import augment
 from mae.train.data.augment import (
     MaskingSpec,
     augment_sample,
