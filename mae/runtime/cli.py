@@ -12,6 +12,7 @@ How a command ends (``run_command``): one line on stderr and an exit code, never
     1    the run stopped: the loss became non-finite (``FloatingPointError``), or the system refused (a full disk, a
          read-only folder)
     130  interrupted (Ctrl-C)
+    143  stopped by SIGTERM or SIGUSR1 after saving where it was (``Preempted``; mae.runtime.preemption)
 
 After a stop the line ends with how to go on (``next_step``), which the command knows: resume only where a
 checkpoint exists.
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..config import replace_fields
+from .preemption import PREEMPTED_EXIT, Preempted
 
 __all__ = ["CommandConfig", "MissingExtraError", "absolute_paths", "build_parser", "option", "parsed_fields",
            "require_extra", "run_command", "slug"]
@@ -173,6 +175,8 @@ def run_command(prog: str, body: Callable[[], object], next_step: Callable[[], s
             code = 2
         else:
             line += f"; {next_step()}"
+    except Preempted as err:
+        line, code = f"stopped: {err}", PREEMPTED_EXIT
     except KeyboardInterrupt:
         line, code = f"interrupted; {next_step()}", 130
     print(f"{prog}: {line}", file=sys.stderr)

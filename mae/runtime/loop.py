@@ -17,6 +17,11 @@ linear probe and fine-tuning run so). With a ``Recovery`` policy (pretraining's 
   ``lr_factor`` for the rest of the run (``lr_factor ** rollbacks`` in all), then replays the lost steps on other
   data; once ``max_rollbacks`` are spent, ``roll_back`` raises ``NonFiniteLossError`` instead.
 
+Stopping on request (``should_stop``, e.g. ``StopSignals.requested`` after SIGTERM): the request of every process
+travels in the same all-reduce as the loss, so all of them finish the same optimizer step and then raise
+``StopRequested`` together, carrying the epoch's ``EpochProgress``. A caller resuming the epoch passes that progress
+back (``so_far``) with the remaining batches only.
+
 With fp16 the grad scaler already skips a step whose scaled gradients overflow, and lowers its scale: that is dynamic
 loss scaling at work, not divergence, so only the loss is checked there.
 """
@@ -37,8 +42,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .distributed import DistInfo, all_reduce_sum
 
-__all__ = ["PRECISIONS", "Diverged", "NonFiniteLossError", "Recovery", "Schedule", "Trainer", "autocast", "lr_at_step",
-           "resolve_precision", "scaled_lr"]
+__all__ = ["PRECISIONS", "Diverged", "EpochProgress", "NonFiniteLossError", "Recovery", "Schedule", "StopRequested",
+           "Trainer", "autocast", "lr_at_step", "resolve_precision", "scaled_lr"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,6 +55,23 @@ class NonFiniteLossError(FloatingPointError):
 
 class Diverged(NonFiniteLossError):
     """``Recovery.patience`` optimizer steps in a row were non-finite: time to ``Trainer.roll_back``."""
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """How far an epoch got: micro-batches consumed, optimizer steps taken and the sum of their losses."""
+
+    batches: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+
+
+class StopRequested(Exception):  # noqa: N818 (a stop asked for, not an error)
+    """Every process finished the same optimizer step and stopped because ``should_stop`` asked on one of them."""
+
+    def __init__(self, progress: EpochProgress) -> None:
+        super().__init__(f"stopped on request after {progress.batches} micro-batches of the epoch")
+        self.progress = progress
 
 
 @dataclass(frozen=True)
@@ -230,6 +252,8 @@ class Trainer:
         on_step: Callable[[dict[str, float]], None] | None = None,
         on_skip: Callable[[dict[str, Any]], None] | None = None,
         stop_hint: Callable[[], str] = lambda: "",
+        should_stop: Callable[[], bool] | None = None,
+        so_far: EpochProgress = EpochProgress(),  # noqa: B008 (frozen)
     ) -> float:
         """One pass over ``batches``; returns the mean loss of its optimizer steps.
 
@@ -242,8 +266,11 @@ class Trainer:
             on_step: called after every optimizer step with ``{"step", "loss", "lr", "img_per_s"}``.
             on_skip: called after every skipped (non-finite) step with ``{"step", "non_finite", "in_a_row"}``.
             stop_hint: the end of the message when the loop stops (e.g. where the last good checkpoint is).
+            should_stop: asked at every optimizer step; True on any process stops all of them after that step.
+            so_far: the progress of this epoch before ``batches`` (a resumed epoch): its steps count in the mean.
 
         Raises:
+            StopRequested: ``should_stop`` asked; its ``progress`` includes ``so_far``.
             NonFiniteLossError: a non-finite step without ``recovery``.
             Diverged: ``recovery.patience`` non-finite steps in a row.
         """
@@ -253,7 +280,12 @@ class Trainer:
         bar = tqdm(total=math.ceil(n / self.accum_iter), desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
                    dynamic_ncols=True, disable=None if progress and info.is_main else True)  # None: only on a terminal
         group_loss = torch.zeros((), device=info.device)
-        loss_sum, steps, images, t_step = 0.0, 0, 0, time.perf_counter()
+        loss_sum, steps, images, t_step = so_far.loss_sum, so_far.steps, 0, time.perf_counter()
+
+        def stop_here(i: int) -> StopRequested:
+            bar.close()
+            return StopRequested(EpochProgress(so_far.batches + i + 1, steps, loss_sum))
+
         for i, batch in enumerate(batches):
             first = i - i % self.accum_iter
             group = min(self.accum_iter, n - first)  # micro-batches in this optimizer step
@@ -271,10 +303,11 @@ class Trainer:
             images += batch[0].shape[0] * info.world_size
             if not last_micro:
                 continue
-            # Every process takes the same decision: the loss and gradient norm summed over the processes, checked
-            # before anything is applied.
-            checked = all_reduce_sum(torch.stack([group_loss / group, self._grad_norm()]), info) / info.world_size
-            step_loss, grad_norm = checked.tolist()
+            # Every process takes the same decisions: the loss and gradient norm summed over the processes, checked
+            # before anything is applied, and whether any process was asked to stop after this step.
+            stop = torch.tensor(float(should_stop is not None and should_stop()), device=info.device)
+            checked = all_reduce_sum(torch.stack([group_loss / group, self._grad_norm(), stop]), info)
+            step_loss, grad_norm, stop_votes = (checked / info.world_size).tolist()
             group_loss.zero_()
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 what = f"loss {step_loss}" if not math.isfinite(step_loss) else f"gradient (norm {grad_norm})"
@@ -294,6 +327,8 @@ class Trainer:
                     raise Diverged(f"{self.skipped_in_a_row} non-finite steps in a row, the last a non-finite "
                                    f"{what} at {where}")
                 bar.update()
+                if stop_votes > 0:
+                    raise stop_here(i)
                 continue
             self.skipped_in_a_row = 0
             self.scaler.step(self.optimizer)
@@ -308,6 +343,8 @@ class Trainer:
                 on_step(record)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{record['img_per_s']:.1f}")
             bar.update()
+            if stop_votes > 0:
+                raise stop_here(i)
         bar.close()
         return loss_sum / max(steps, 1)
 

@@ -2,7 +2,9 @@
 
 With no argument it runs the default: a small MAE (mae_vit_demo_patch4) on scikit-image's photographs, a few minutes
 on a CPU, scored at the end on held-out photographs against a mean-colour baseline (summary.json).
-Multi-GPU: ``torchrun --nproc_per_node 8 -m mae.train --data /path/to/imagenet/train ...``.
+Multi-GPU: ``torchrun --nproc_per_node 8 -m mae.train --data /path/to/imagenet/train ...``, or the same command
+under SLURM's ``srun`` (docs/cluster.md). SIGTERM or SIGUSR1 saves where the run is and exits with 143; ``--resume
+auto`` with the same flags continues from there.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 
 from ..runtime.cli import MissingExtraError, parsed_fields, run_command
 from ..runtime.cli import build_parser as config_parser
+from ..runtime.preemption import Preempted
 from .config import RESUMABLE_FIELDS, TrainConfig, require_train_extra
 from .engine import pretrain
-from .run import read_train_checkpoint, run_dir_of, saved_run_config
+from .run import newest_checkpoint, read_train_checkpoint, run_dir_of, saved_run_config
 
 __all__ = ["build_parser", "main"]
 
@@ -28,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                "CPU minutes).",
     )
     parser.add_argument("--resume", metavar="PATH",
-                        help="continue a run: a checkpoint folder or a run folder (uses its checkpoints/last); "
+                        help="continue a run: a checkpoint folder, a run folder (uses its checkpoints/last), or "
+                             "'auto': the newest complete checkpoint of the run folder the other flags name, else "
+                             "start afresh (what a requeued job runs); "
                              f"only {', '.join('--' + f.replace('_', '-') for f in sorted(RESUMABLE_FIELDS))} "
                              "may be changed")
     parser.add_argument("--discard-newer", action="store_true",
@@ -51,15 +56,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         nonlocal run_dir
-        if resume is not None:
+        nonlocal discard_newer
+        ckpt = None
+        if resume == "auto":
+            config = TrainConfig(**args)
+            ckpt = newest_checkpoint(run_dir_of(config, None))
+            if ckpt is None:  # nothing to continue: start afresh, replacing only a run of ours that saved nothing
+                config = config.replace(overwrite=True)
+            else:  # the newest may be a kept copy when last is damaged
+                discard_newer = discard_newer or ckpt.path.name != "last"
+        elif resume is not None:
             ckpt = read_train_checkpoint(resume)
+        if ckpt is not None:
             config = TrainConfig.from_dict(saved_run_config(ckpt)).replace(
                 **{"overwrite": False, "stop_after_epoch": None, **args}
             )
-        else:
-            ckpt, config = None, TrainConfig(**args)
+        elif resume is None:
+            config = TrainConfig(**args)
         run_dir = run_dir_of(config, ckpt)
-        pretrain(config, resume=ckpt, discard_newer=discard_newer)
+        result = pretrain(config, resume=ckpt, discard_newer=discard_newer)
+        if result.stopped_by is not None:
+            raise Preempted(f"{result.stopped_by}: saved in {run_dir / 'checkpoints' / 'last'}; continue with "
+                            f"--resume auto and the same flags (or --resume {run_dir})")
 
     return run_command("mae-pretrain", body, lambda: _next_step(run_dir))
 

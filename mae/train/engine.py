@@ -5,6 +5,13 @@ check and skip) is the one training loop of ``mae.runtime.loop``; this module gi
 what it trains, and handles a divergence: the trainer remembers its state at every epoch end (and at the start), and
 when the loop raises ``Diverged`` the run goes back there, with the global random generators as they were, and replays
 the epoch on the data order of its new rollback count (``Batches.set_epoch``).
+
+Preemption: while the epochs run, SIGTERM and SIGUSR1 are recorded (``StopSignals``); every process finishes the same
+optimizer step, rank 0 writes ``checkpoints/last`` with the epoch's ``position`` (the samples of the epoch's global
+order already used, and the steps and loss sum so far), and ``pretrain`` returns with ``stopped_by`` set after leaving
+the process group (under SLURM rank 0 then asks for a requeue). A resume skips those samples and finishes the epoch;
+on another number of processes the optimizer step counter is re-derived from the position, so the lr schedule
+continues at the same point of the run.
 """
 
 from __future__ import annotations
@@ -26,7 +33,16 @@ from .._checks import check_fits
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from ..runtime.distributed import DistInfo, barrier, init_distributed, shutdown
-from ..runtime.loop import Diverged, NonFiniteLossError, Schedule, Trainer, resolve_precision
+from ..runtime.loop import (
+    Diverged,
+    EpochProgress,
+    NonFiniteLossError,
+    Schedule,
+    StopRequested,
+    Trainer,
+    resolve_precision,
+)
+from ..runtime.preemption import StopSignals, request_requeue
 from ..runtime.run_folder import RunLock
 from .config import TrainConfig, require_train_extra
 from .data import Batches, build_data, build_loader, decode_device_of, normalize_on_device
@@ -58,6 +74,7 @@ class TrainResult:
     epochs_done: int
     global_step: int
     last_loss: float | None
+    stopped_by: str | None = None  # the signal that stopped the run mid-way (a checkpoint was written), else None
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -87,7 +104,8 @@ def pretrain(
 ) -> TrainResult:
     """Run (or continue) one pretraining run and return the trained model.
 
-    Works alone or inside ``torchrun`` (then every process calls it; only rank 0 writes).
+    Works alone or inside ``torchrun`` or ``srun`` (then every process calls it; only rank 0 writes). On SIGTERM or
+    SIGUSR1 it saves where it is and returns with ``stopped_by`` set (see the module docstring).
 
     Args:
         config: the run. When resuming, fields outside ``RESUMABLE_FIELDS`` must equal the checkpoint's.
@@ -118,10 +136,15 @@ def pretrain(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run(config, info, run_dir, ckpt)
+        result = _run(config, info, run_dir, ckpt)
     finally:
         torch.set_num_threads(threads_before)
         shutdown(info)
+    if result.stopped_by is not None and info.is_main:
+        line = request_requeue()  # after leaving the group: SLURM ends every task of the job when it requeues
+        if line is not None:
+            _say(line)
+    return result
 
 
 def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoint | None) -> TrainResult:
@@ -147,25 +170,30 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
             held.enter_context(RunLock(run_dir, "mae-pretrain"))
             prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
         barrier(info)
-        trainer, start_epoch = _build_trainer(config, info, len(loader), ckpt)
+        trainer, start_epoch, position = _build_trainer(config, info, len(loader), ckpt)
         if info.is_main:
             if ckpt is not None:
                 _complete_kept_copy(ckpt, run_dir, config.keep_every)
             write_run_config(run_dir, _resolved(config, trainer, data.description, resume=ckpt))
         epochs = _Epochs(config, trainer, run_dir, last_checkpoint=ckpt.path if ckpt is not None else None,
                          online=online)
-        epochs.remember(start_epoch)
+        epochs.remember(start_epoch, position)
         last_loss, epochs_done = None, start_epoch
         with MetricsLog(run_dir / METRICS_FILE, enabled=info.is_main,
-                        tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None) as metrics:
-            epochs.metrics = metrics
+                        tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None) as metrics, \
+                StopSignals() as signals:
+            epochs.metrics, epochs.signals = metrics, signals
             while epochs_done < config.epochs:
                 try:
-                    last_loss = epochs.run(loader, epochs_done)
+                    last_loss = epochs.run(loader, epochs_done, position)
                 except Diverged as why:
-                    epochs_done = epochs.roll_back(why)
+                    epochs_done, position = epochs.roll_back(why)
                     continue
-                epochs_done += 1
+                except StopRequested as stop:
+                    epochs.stop(loader, epochs_done, position, stop.progress)
+                    return TrainResult(run_dir, trainer.model, epochs_done, trainer.step, last_loss,
+                                       stopped_by=signals.received or "a signal to another process")
+                epochs_done, position = epochs_done + 1, None
                 if config.stop_after_epoch is not None and epochs_done >= config.stop_after_epoch:
                     break
         if info.is_main:
@@ -187,26 +215,30 @@ def _check_sizes(config: TrainConfig, info: DistInfo) -> None:
 
 
 def _build_trainer(config: TrainConfig, info: DistInfo, batches_per_epoch: int,
-                   ckpt: TrainCheckpoint | None) -> tuple[Trainer, int]:
+                   ckpt: TrainCheckpoint | None) -> tuple[Trainer, int, dict[str, Any] | None]:
     """Model, optimizer and schedule (the same seed on every process gives the same initial weights), resumed.
-    Returns the trainer and the epoch to start from."""
+    Returns the trainer, the epoch to start from and the position in it (None: its start)."""
     schedule = Schedule.plan(batches_per_epoch=batches_per_epoch, accum_iter=config.accum_iter,
                              batch_size=config.batch_size, world_size=info.world_size, epochs=config.epochs,
                              warmup_epochs=config.warmup_epochs, blr=config.blr, lr=config.lr, min_lr=config.min_lr)
     torch.manual_seed(config.seed)
     model = MaskedAutoEncoder.from_config(config.model_config, device=info.device)
     optimizer = build_optimizer(model, lr=schedule.lr, weight_decay=config.weight_decay)
-    start_epoch = 0
+    start_epoch, position = 0, None
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)  # checked to fit in check_resumable
         state = ckpt.train_state
         restore_rng_state(state["rng"])
-        start_epoch = state["epoch"]
+        start_epoch, position = state["epoch"], state.get("position")
     trainer = Trainer(model, optimizer, schedule, info, precision=resolve_precision(config.precision, info.device),
                       accum_iter=config.accum_iter, compile=config.compile, recovery=config.recovery)
     if ckpt is not None:
-        trainer.resume(state["optimizer"], state["scaler"], state["global_step"], state.get("recovery"))
-    return trainer, start_epoch
+        step = state["global_step"]
+        if state.get("world_size", info.world_size) != info.world_size:  # another step grid: the same point of the run
+            samples = position["samples"] if position is not None else 0
+            step = start_epoch * schedule.steps_per_epoch + samples // schedule.effective_batch
+        trainer.resume(state["optimizer"], state["scaler"], step, state.get("recovery"))
+    return trainer, start_epoch, position
 
 
 @dataclass
@@ -219,17 +251,22 @@ class _Epochs:
     last_checkpoint: Path | None = None  # checkpoints/last once it exists
     metrics: MetricsLog | None = None
     online: OnlineEval | None = None  # rank 0's online evaluation, when asked for
+    signals: StopSignals | None = None  # SIGTERM/SIGUSR1 seen by this process
     good_epoch: int = 0  # the epochs done in the state the trainer remembers
     good_rng: dict[str, Any] | None = None  # the global random generators then
+    good_position: dict[str, Any] | None = None  # and the position in the epoch (None: its start)
 
-    def run(self, loader: Batches, epoch: int) -> float:
-        """Train one epoch, log its summary, and write the checkpoints it is due. Returns its mean loss.
+    def run(self, loader: Batches, epoch: int, position: dict[str, Any] | None = None) -> float:
+        """Train one epoch (from ``position``, a resumed one), log its summary, and write the checkpoints it is due.
+        Returns its mean loss.
 
         Raises:
             Diverged: too many non-finite steps in a row, or non-finite weights at the end (with recovery on).
+            StopRequested: a stop signal; ``stop`` saves the position.
         """
         config, trainer, info = self.config, self.trainer, self.trainer.info
-        loader.set_epoch(epoch, trainer.rollbacks)
+        position = position or {"samples": 0, "steps": 0, "loss_sum": 0.0}
+        loader.set_epoch(epoch, trainer.rollbacks, start=position["samples"])
         t0 = time.perf_counter()
 
         def on_step(record: dict[str, float]) -> None:
@@ -244,7 +281,9 @@ class _Epochs:
 
         epoch_loss = trainer.train_epoch(loader, partial(_mae_loss, device=info.device), num_batches=len(loader),
                                          epoch=epoch, epochs=config.epochs, progress=config.progress, on_step=on_step,
-                                         on_skip=on_skip, stop_hint=lambda: ", " + self.kept())
+                                         on_skip=on_skip, stop_hint=lambda: ", " + self.kept(),
+                                         should_stop=lambda: self.signals is not None and self.signals.requested,
+                                         so_far=EpochProgress(0, position["steps"], position["loss_sum"]))
         seconds = time.perf_counter() - t0
         done = epoch + 1
         summary = {"kind": "epoch", "epoch": done, "step": trainer.step, "loss": epoch_loss,
@@ -268,13 +307,34 @@ class _Epochs:
         barrier(info)
         return epoch_loss
 
-    def remember(self, done: int) -> None:
+    def remember(self, done: int, position: dict[str, Any] | None = None) -> None:
         """The state a rollback returns to: the trainer's, the global random generators', the epochs done."""
         self.trainer.remember_good_state()
-        self.good_epoch, self.good_rng = done, capture_rng_state()
+        self.good_epoch, self.good_rng, self.good_position = done, capture_rng_state(), position
 
-    def roll_back(self, why: Diverged) -> int:
-        """Go back to the remembered state (the lr lowered once more); returns the epochs done there.
+    def stop(self, loader: Batches, epoch: int, position: dict[str, Any] | None, progress: EpochProgress) -> None:
+        """After a stop signal: rank 0 saves the position in the epoch as checkpoints/last, all processes wait."""
+        trainer, info = self.trainer, self.trainer.info
+        used = (position or {}).get("samples", 0) + progress.batches * loader.global_batch
+        position = {"samples": used, "steps": progress.steps, "loss_sum": progress.loss_sum}
+        self.metrics.log({"kind": "stop", "step": trainer.step, "epoch": epoch + 1, "samples": used,
+                          "signal": self.signals.received if self.signals is not None else None})
+        try:
+            self.check_finite_weights(epoch)
+        except NonFiniteLossError as err:  # Diverged included: such weights are never saved
+            if info.is_main:
+                _say(f"stop signal: {err}; nothing saved, {self.kept()}")
+        else:
+            if info.is_main:
+                self.last_checkpoint = write_train_checkpoint(self.run_dir / "checkpoints" / "last", trainer.model,
+                                                              self.train_state(epoch, position))
+                _say(f"stop signal: saved epoch {epoch + 1}, {used} samples in, step {trainer.step}, to "
+                     f"{self.last_checkpoint}; continue with --resume auto")
+        barrier(info)
+
+    def roll_back(self, why: Diverged) -> tuple[int, dict[str, Any] | None]:
+        """Go back to the remembered state (the lr lowered once more); returns the epochs done and the position in
+        the next epoch there.
 
         Raises:
             NonFiniteLossError: the run has spent its --max-rollbacks; the last good checkpoint is kept.
@@ -288,7 +348,7 @@ class _Epochs:
         if trainer.info.is_main:
             _say(f"rollback {trainer.rollbacks}/{self.config.max_rollbacks}: {why}; back to step {step} (epoch "
                  f"{self.good_epoch}), lr x{trainer.lr_factor:g} from now on, another data order")
-        return self.good_epoch
+        return self.good_epoch, self.good_position
 
     def evaluate(self, done: int) -> bool:
         """Rank 0: the online evaluation, logged. Returns whether it is a new best to keep (--keep-best)."""
@@ -298,13 +358,15 @@ class _Epochs:
              f"{record['recon_psnr']:.2f} dB  ({record['seconds']:.1f} s; {record['figure']})")
         return record["improved"] and self.config.keep_best
 
-    def train_state(self, done: int) -> dict[str, Any]:
-        """What a checkpoint saves beside the weights (the state of the run after ``done`` epochs)."""
+    def train_state(self, done: int, position: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a checkpoint saves beside the weights (the state of the run after ``done`` epochs, and ``position``
+        samples into the next one)."""
         trainer = self.trainer
         return {
             "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(), "epoch": done,
             "global_step": trainer.step, "rng": capture_rng_state(), "run_config": self.config.to_dict(),
-            "recovery": trainer.recovery_state(),
+            "recovery": trainer.recovery_state(), "world_size": trainer.info.world_size,
+            **({"position": position} if position is not None else {}),
             **({"online": self.online.state()} if self.online is not None else {}),
         }
 
@@ -366,7 +428,8 @@ def _complete_kept_copy(ckpt: TrainCheckpoint, run_dir: Path, keep_every: int) -
     """A run killed between writing ``last`` and keeping its copy would never get that copy: make it now."""
     done = ckpt.train_state["epoch"]
     kept = run_dir / "checkpoints" / f"epoch_{done:04d}"
-    if keep_every and done % keep_every == 0 and not kept.exists() and ckpt.path.parent == kept.parent:
+    whole = "position" not in ckpt.train_state  # a mid-epoch checkpoint is no epoch's copy
+    if keep_every and done % keep_every == 0 and whole and not kept.exists() and ckpt.path.parent == kept.parent:
         keep_train_checkpoint(ckpt.path, kept)
 
 

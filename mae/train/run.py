@@ -9,8 +9,9 @@ Checkpoints. One training checkpoint is a directory (``checkpoints/last`` or a k
 
     config.json         } written by ``mae.save_pretrained``, so ``mae.from_pretrained`` loads a training
     model.safetensors   } checkpoint like any saved model
-    train_state.pt      optimizer, grad scaler, epoch, global step, RNG states, run config;
-                        loadable with ``torch.load(weights_only=True)``
+    train_state.pt      optimizer, grad scaler, epoch, global step, RNG states, run config, world size, and after a
+                        stop signal the ``position`` in the epoch (samples of its global order used, steps and loss
+                        sum so far); loadable with ``torch.load(weights_only=True)``
 
 It is written into a temporary directory next to its final place, every file fsync'ed, and swapped in by renames
 (``mae.io.atomic_write``): a crash at any moment leaves the previous checkpoint loadable.
@@ -18,6 +19,8 @@ It is written into a temporary directory next to its final place, every file fsy
 Resuming. A resume continues the run its checkpoint belongs to, with the settings saved in the checkpoint; only the
 fields in ``RESUMABLE_FIELDS`` may change. The weights must be those of the model the run config describes, and a
 kept checkpoint older than the run's ``last`` is resumed only when the user asks (``--discard-newer``).
+``--resume auto`` (``newest_checkpoint``) takes the newest complete checkpoint of the run folder, or starts afresh
+when there is none: the command a requeued job runs again.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from .config import RESUMABLE_FIELDS, TrainConfig
 __all__ = [
     "CONFIG_FILE", "HELDOUT_IMAGES_FILE", "METRICS_FILE", "MODEL_FILE", "RUN_CONFIG_FILE", "RUN_FORMAT", "STATE_FILE",
     "SUMMARY_FILE", "TrainCheckpoint", "capture_rng_state", "check_not_older", "check_resumable",
-    "check_run_dir", "keep_train_checkpoint", "prepare_run_dir", "read_train_checkpoint", "resolve_checkpoint",
-    "restore_rng_state", "run_dir_of", "saved_run_config", "write_run_config", "write_train_checkpoint",
+    "check_run_dir", "keep_train_checkpoint", "newest_checkpoint", "prepare_run_dir", "read_train_checkpoint",
+    "resolve_checkpoint", "restore_rng_state", "run_dir_of", "saved_run_config", "write_run_config",
+    "write_train_checkpoint",
 ]
 
 # ---------------------------------------------------------------------------------------------- the run folder
@@ -252,6 +256,24 @@ def saved_run_config(ckpt: TrainCheckpoint) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- resuming
 
+def _progress(state: dict[str, Any]) -> tuple[int, int]:
+    """How far a checkpoint got: (epochs done, samples of the next epoch used)."""
+    return state.get("epoch", 0), state.get("position", {}).get("samples", 0)
+
+
+def newest_checkpoint(run_dir: Path) -> TrainCheckpoint | None:
+    """The newest complete, readable checkpoint of a run folder (``last`` or a kept copy), or None when it has none."""
+    found = []
+    for candidate in [run_dir / "checkpoints" / "last", *sorted((run_dir / "checkpoints").glob("epoch_*"))]:
+        try:
+            ckpt = read_train_checkpoint(candidate)
+            saved_run_config(ckpt)
+        except (ValueError, OSError):  # incomplete or damaged: not a place to continue from
+            continue
+        found.append(ckpt)
+    return max(found, key=lambda c: _progress(c.train_state), default=None)
+
+
 def run_dir_of(config: TrainConfig, ckpt: TrainCheckpoint | None) -> Path:
     """The run folder a run writes to: the resumed checkpoint's run, else ``output_dir/run_name``."""
     if ckpt is not None and ckpt.path.parent.name == "checkpoints":
@@ -264,8 +286,9 @@ def check_not_older(ckpt: TrainCheckpoint, run_dir: Path, *, discard_newer: bool
     last = run_dir / "checkpoints" / "last"
     if discard_newer or not (last / STATE_FILE).is_file() or last.resolve() == ckpt.path.resolve():
         return
-    last_epoch = read_train_checkpoint(last).train_state.get("epoch", 0)
-    if last_epoch > ckpt.train_state["epoch"]:
+    last_state = read_train_checkpoint(last).train_state
+    last_epoch = last_state.get("epoch", 0)
+    if _progress(last_state) > _progress(ckpt.train_state):
         raise ValueError(
             f"{str(ckpt.path)!r} (epoch {ckpt.train_state['epoch']}) is older than {str(last)!r} (epoch "
             f"{last_epoch}), which resuming from it would replace; resume from the run folder to continue the newest, "

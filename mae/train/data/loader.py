@@ -4,6 +4,13 @@
 ``datasets``), or tar shards (``shards``): a ``mae-make-shards`` output folder, ``.tar`` files, a brace pattern such
 as ``/data/train-{0000..0099}.tar``, or several of these joined by ``::``.
 
+One global order per epoch, whatever the number of processes: the epoch's samples are a permutation of the global
+sample indices drawn from ``(seed, epoch)`` (``GlobalOrder`` for folders and photographs, ``ShardSamples.epoch_order``
+for shards), cut into global batches of ``batch_size * world_size``; rank ``r`` takes the r-th ``batch_size`` slice of
+each, and the last ``len % (batch_size * world_size)`` samples are left out. ``Batches.set_epoch(..., start=S)``
+skips the first ``S`` samples of that order, so a run stopped after ``S`` samples with N processes continues the
+same epoch with M processes, every sample of the epoch used once across the stop.
+
 Batches travel as uint8 (pinned on CUDA); the training step normalises them on its device with
 ``normalize_on_device``. With ``--decode-device cuda`` the workers leave JPEGs encoded and ``Batches`` makes each
 batch's views on the training device (``finish_batch``) before handing it over. ``Batches`` also measures how long
@@ -19,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from ...config import IMAGENET_MEAN, IMAGENET_STD
 from ...io.images import scan_image_folder
@@ -27,8 +34,8 @@ from .augment import MaskingSpec, center_view, collate_samples, finish_batch, no
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, skimage_photos
 from .shards import ShardSamples, is_shard_spec, resolve_shards
 
-__all__ = ["DECODE_DEVICES", "Batches", "RunData", "build_data", "build_loader", "data_seed", "decode_device_of",
-           "normalize_on_device"]
+__all__ = ["DECODE_DEVICES", "Batches", "GlobalOrder", "RunData", "build_data", "build_loader", "data_seed",
+           "decode_device_of", "normalize_on_device"]
 
 DECODE_DEVICES = ("cpu", "cuda")  # where JPEGs are decoded: in the data-loader workers, or on the training GPU
 
@@ -80,6 +87,27 @@ def build_data(config) -> RunData:
     return RunData(dataset, figure, caption, description)
 
 
+class GlobalOrder(Sampler[int]):
+    """This rank's indices of an epoch of ``n`` samples in the global order (module docstring); ``start`` samples of
+    the order are skipped. With one process it is ``torch.randperm(n)`` seeded by ``seed + epoch``."""
+
+    def __init__(self, n: int, *, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.seed, self.epoch, self.start = seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return (self.n - self.start) // (self.batch_size * self.world_size) * self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))[self.start:]
+        b, g = self.batch_size, self.batch_size * self.world_size
+        for q in range(len(self) // b):
+            yield from order[q * g + self.rank * b:q * g + (self.rank + 1) * b].tolist()
+
+
 class Batches:
     """An epoch's batches for this process (uint8 images (B, C, H, W), noise (B, L)), timing the waits for them.
 
@@ -88,7 +116,7 @@ class Batches:
     batch is finished there (``finish_batch``) and the time that takes counts as waiting too.
     """
 
-    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None, seed: int,
+    def __init__(self, loader: DataLoader, sampler: GlobalOrder | None, seed: int,
                  decode_on: torch.device | None = None) -> None:
         self.loader, self.sampler, self.seed, self.wait_seconds = loader, sampler, seed, 0.0
         self.decode_on = decode_on
@@ -96,16 +124,24 @@ class Batches:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int, rollbacks: int = 0) -> None:
-        """Call before each epoch: reshuffles, re-seeds the augmentation (with the run's rollbacks mixed in), and
-        resets the wait clock."""
+    def set_epoch(self, epoch: int, rollbacks: int = 0, start: int = 0) -> None:
+        """Call before each epoch: reshuffles, re-seeds the augmentation (with the run's rollbacks mixed in), skips
+        the first ``start`` samples of the epoch's global order, and resets the wait clock."""
         seed = data_seed(self.seed, rollbacks)
         if self.sampler is not None:
             self.sampler.seed = seed
-            self.sampler.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, start)
+        else:
+            self.loader.dataset.start = start
         self.loader.dataset.seed = seed  # workers copy the dataset when the epoch's iterator starts
         self.loader.dataset.set_epoch(epoch)
         self.wait_seconds = 0.0
+
+    @property
+    def global_batch(self) -> int:
+        """Samples one micro-step takes from the epoch's order, all processes together."""
+        samples = self.sampler if self.sampler is not None else self.loader.dataset
+        return samples.batch_size * samples.world_size
 
     def __iter__(self):
         start = time.perf_counter()
@@ -144,14 +180,14 @@ def decode_device_of(decode_device: str, device: torch.device) -> torch.device |
 
 def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, num_workers: int, rank: int,
                  world_size: int, seed: int, pin_memory: bool, decode_on: torch.device | None = None) -> Batches:
-    """This process's batches: image folders and photographs through a DistributedSampler, shards split by batch.
+    """This process's batches in the epoch's global order: image folders and photographs through ``GlobalOrder``,
+    shards split by their own ``worker_batches``.
     ``decode_on``: the device that finishes each batch (``decode_device_of``), None when the workers decode."""
     if isinstance(dataset, ShardSamples):
         dataset.split(rank=rank, world_size=world_size, batch_size=batch_size)
         sampler = None
     else:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=False)
+        sampler = GlobalOrder(len(dataset), batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
                         pin_memory=pin_memory, collate_fn=collate_samples)
     return Batches(loader, sampler, seed, decode_on)

@@ -15,7 +15,8 @@ How an epoch is read (``ShardSamples``), exact and without overlap:
   - each sample's crop, flip and masking noise come from ``(seed, epoch, index)``, ``index`` being its place in the
     shards (plus ``pass * len`` when repeated), as for image folders.
 So the epoch's batches are a pure function of ``(seed, epoch, world_size * batch_size)``: resuming at an epoch boundary
-(where checkpoints are written) continues exactly, and one process reproduces a multi-process run.
+continues exactly, and one process reproduces a multi-process run. ``start`` skips the first samples of the epoch's
+order (a run stopped mid-epoch, resumed on any number of processes: ``mae.train.data.loader``).
 
 Bad shards: a file that is not a tar, or is truncated (a member runs past the end of the file, or the end-of-archive
 marker is missing), stops the run at start-up with an error naming the shard. An image member that cannot be decoded
@@ -357,6 +358,7 @@ class ShardSamples(IterableDataset):
         self.img_size, self.noise, self.seed, self.repeat = img_size, noise, seed, repeat
         self.encoded = encoded  # JPEGs left for the training device (augment_sample's encoded)
         self.epoch, self.rank, self.world_size, self.batch_size = 0, 0, 1, 1
+        self.start = 0  # samples of the epoch's order already used (a resumed epoch)
         self.first_epoch: int | None = None  # the run's first epoch, when the checksums are verified
 
     @property
@@ -386,7 +388,7 @@ class ShardSamples(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (whole batches only)."""
-        return self.num_images * self.repeat // (self.world_size * self.batch_size) * self.batch_size
+        return (self.num_images * self.repeat - self.start) // (self.world_size * self.batch_size) * self.batch_size
 
     def epoch_order(self) -> np.ndarray:
         """The epoch's sample indices (global index + pass * num_images) in reading order, all ranks together."""
@@ -399,7 +401,7 @@ class ShardSamples(IterableDataset):
 
     def worker_batches(self, worker: int, num_workers: int) -> list[np.ndarray]:
         """The batches (sample indices) that data-loader worker ``worker`` of this rank yields, in order."""
-        order, b, g = self.epoch_order(), self.batch_size, self.batch_size * self.world_size
+        order, b, g = self.epoch_order()[self.start:], self.batch_size, self.batch_size * self.world_size
         return [order[q * g + self.rank * b:q * g + (self.rank + 1) * b]
                 for q in range(worker, len(self) // b, num_workers)]
 
