@@ -91,7 +91,8 @@ class TrainConfig(CommandConfig):
     # data
     data: str | None = _opt(None, "folder of images (flat or one subfolder per class), or tar shards (a "
                                   "mae-make-shards folder, .tar files, a brace pattern like 'train-{0000..0099}.tar', "
-                                  "several joined by '::'); default: scikit-image's bundled photographs")
+                                  "several joined by '::'), local or by URL: http(s)://, or s3:// gs:// az:// hf:// "
+                                  "with pip install 'mae-pytorch[remote]'; default: scikit-image's bundled photographs")
     repeat: int | None = _opt(None, "each image appears this many times per epoch, with different crops")
     num_workers: int = _opt(2, "data-loader processes per training process")
     # optimisation
