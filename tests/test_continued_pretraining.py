@@ -85,3 +85,18 @@ def test_a_checkpoint_that_does_not_fit_the_flags_is_refused_with_the_load_messa
     # a run folder of ours is taken as its checkpoints/last; another image size resizes the position tables
     assert main(tiny_args(tmp_path, data, "--init", str(tmp / "runs" / "base"), "--img-size", "48",
                           "--name", "r")) == 0
+
+
+def test_init_from_a_hugging_face_vitmae_folder(trained, tmp_path):
+    pytest.importorskip("transformers")
+    from mae.io import save_hf
+
+    tmp, data, full, _ = trained
+    config = tiny_config(tmp_path, data)
+    model = MaskedAutoEncoder.from_config(config.model_config)
+    load_checkpoint(model, full, strict=True)
+    folder = save_hf(model, tmp_path / "hf")
+    assert main(tiny_args(tmp_path, data, "--init", str(folder), "--name", "hf")) == 0
+    resolved = json.loads((tmp_path / "runs" / "hf" / "train_config.json").read_text())
+    assert resolved["resolved"]["initialised_from"]["format"] == "hf-vitmae"
+    assert resolved["resolved"]["initialised_from"]["decoder"] == "checkpoint"
