@@ -29,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import MAEConfig
+from ..functional import shuffle_order
 from ..model import MaskedAutoEncoder
 
 __all__ = ["KNOWN_GPUS", "Throughput", "known_peak_tflops", "step_flops"]
@@ -55,7 +56,10 @@ def step_flops(config: MAEConfig, batch_size: int) -> int:
     imgs = torch.zeros(batch_size, config.in_chans, *config.img_size, device="meta")  # (B, C, H, W)
     noise = torch.zeros(batch_size, config.num_patches, device="meta")  # (B, L): values do not change the count
     with FlopCounterMode(display=False) as counter:
-        model(imgs, noise=noise, loss_only=True).loss.backward()
+        # forward(loss_only=True) without its loss, which is element-wise (uncounted) and is left uncalled here
+        latent, _, ids_restore = model.encoder(imgs, noise=noise)  # (B, 1+K, D)
+        removed = shuffle_order(ids_restore)[:, latent.shape[1] - 1:]  # (B, L-K): the rows the loss reads
+        model.decoder(latent, ids_restore, patches=removed).sum().backward()
     return int(counter.get_total_flops())
 
 
