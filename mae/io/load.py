@@ -26,7 +26,7 @@ from .formats import Checkpoint, read_checkpoint
 from .infer import check_config_fits, infer_config
 from .pos_embed import adapt_pos_embed, source_grid
 
-__all__ = ["LoadReport", "from_pretrained", "load_checkpoint", "load_pretrained"]
+__all__ = ["LoadReport", "from_pretrained", "is_decoder_key", "load_checkpoint", "load_pretrained"]
 
 _TABLES = ("pos_embed", "decoder_pos_embed")
 _FINETUNE_HEAD = ("fc_norm.", "head.")  # what fine-tuned files carry instead of norm.*
@@ -46,7 +46,7 @@ class LoadReport:
 
     @property
     def decoder_loaded(self) -> bool:
-        return not any(_is_decoder_key(k) for k in self.missing)
+        return not any(is_decoder_key(k) for k in self.missing)
 
     def warn_if_partial(self, stacklevel: int = 2) -> None:
         """Issue a ``UserWarning`` carrying this report if any model tensor or file tensor went unused."""
@@ -74,7 +74,8 @@ def _summarise(keys: list[str]) -> str:
     return ", ".join(g if len(v) == 1 and g == v[0] else f"{g} ({len(v)} tensors)" for g, v in groups.items())
 
 
-def _is_decoder_key(key: str) -> bool:
+def is_decoder_key(key: str) -> bool:
+    """Whether a state-dict key belongs to the decoder (what an encoder-only file lacks)."""
     return key.startswith("decoder") or key == "mask_token"
 
 
@@ -106,8 +107,8 @@ def _allowed_missing(missing: list[str], unexpected: list[str], expected: Mappin
                      notes: list[str]) -> set[str]:
     """The missing keys a non-strict load accepts, each kind with a note saying what it means."""
     allowed: set[str] = set()
-    decoder_missing = [k for k in missing if _is_decoder_key(k)]
-    if decoder_missing and len(decoder_missing) == sum(_is_decoder_key(k) for k in expected):
+    decoder_missing = [k for k in missing if is_decoder_key(k)]
+    if decoder_missing and len(decoder_missing) == sum(is_decoder_key(k) for k in expected):
         allowed |= set(decoder_missing)
         notes.append(
             "decoder left at initialisation: this file is encoder-only, reconstructions will be meaningless until "

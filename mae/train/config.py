@@ -19,8 +19,8 @@ from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS, Recovery
 from ..runtime.run_folder import check_run_name
 
-__all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "PAPER_DEFAULTS", "PAPER_MODEL", "RESUMABLE_FIELDS", "TRAIN_EXTRA",
-           "TrainConfig", "require_train_extra", "source_defaults"]
+__all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "INIT_DECODERS", "PAPER_DEFAULTS", "PAPER_MODEL", "RESUMABLE_FIELDS",
+           "TRAIN_EXTRA", "TrainConfig", "require_train_extra", "source_defaults"]
 
 # The ``train`` extra (import name -> distribution): mae.train imports them where it uses them, so that
 # ``mae-pretrain`` can say what to install in one line.
@@ -37,8 +37,10 @@ def require_train_extra(what: str) -> None:
 RESUMABLE_FIELDS = frozenset({
     "epochs", "stop_after_epoch", "num_workers", "device", "compile", "threads", "save_every", "keep_every",
     "log_every", "progress", "figures", "tensorboard", "nan_patience", "max_rollbacks", "eval_every", "eval_data",
-    "keep_best",
+    "keep_best", "peak_tflops",
 })
+# --init-decoder: the decoder of the --init checkpoint, or a freshly initialised one (mae.train.continued)
+INIT_DECODERS = ("checkpoint", "fresh")
 
 # Fields left at None take their value from the data source: the paper's recipe (Sec. 4 / A.1; 224 px, the preset's
 # patch) with --data, a demo that must visibly learn in CPU minutes on the built-in photographs: the small
@@ -91,9 +93,17 @@ class TrainConfig(CommandConfig):
     # data
     data: str | None = _opt(None, "folder of images (flat or one subfolder per class), or tar shards (a "
                                   "mae-make-shards folder, .tar files, a brace pattern like 'train-{0000..0099}.tar', "
-                                  "several joined by '::'); default: scikit-image's bundled photographs")
+                                  "several joined by '::'), local or by URL: http(s)://, or s3:// gs:// az:// hf:// "
+                                  "with pip install 'mae-pytorch[remote]'; default: scikit-image's bundled photographs")
     repeat: int | None = _opt(None, "each image appears this many times per epoch, with different crops")
     num_workers: int = _opt(2, "data-loader processes per training process")
+    # continued pretraining (mae.train.continued)
+    init: str | None = _opt(None, "start from the encoder and decoder of a full MAE checkpoint (an official *_full or "
+                                  "mae_visualize file, a Hugging Face ViTMAEForPreTraining folder, a mae-pretrain run "
+                                  "or checkpoint folder) with a fresh optimizer and schedule; the model is the one "
+                                  "these flags describe, and a checkpoint that does not fit it is refused")
+    init_decoder: str = _opt("checkpoint", "with --init: the checkpoint's decoder, or 'fresh' to train a new one (the "
+                                           "only way to start from an encoder-only file)", choices=INIT_DECODERS)
     # optimisation
     batch_size: int | None = _opt(None, "images per process per micro-step (paper: 64 on each of 8 GPUs x accum 8)")
     accum_iter: int = _opt(1, "micro-steps per optimizer step (effective batch = batch * accum * world size)")
@@ -137,6 +147,9 @@ class TrainConfig(CommandConfig):
     progress: bool = _opt(True, "show a progress bar per epoch (on a terminal)")
     figures: bool = _opt(True, "write loss.png and reconstructions.png when the run ends")
     tensorboard: bool = _opt(False, "also log to <run>/tensorboard (pip install 'mae-pytorch[tensorboard]')")
+    peak_tflops: float | None = _opt(None, "peak TFLOP/s of one device, for the model FLOPs utilisation (MFU) in the "
+                                           "epoch log (default: the vendors' dense bf16 datasheet figure for known "
+                                           "GPUs, H100 SXM and H200 989, A100 312; otherwise no MFU)")
     # online evaluation (mae.train.online): needs the eval extra
     eval_every: int = _opt(0, "epochs between online evaluations (0: off): kNN top-1 of the encoder on --eval-data "
                               "(mae-knn's protocol), masked-patch error and PSNR on a fixed held-out batch, and "
@@ -155,6 +168,7 @@ class TrainConfig(CommandConfig):
         if self.data is not None and not str(self.data).strip():
             raise ValueError("data must be a folder path or None (the built-in photographs), got an empty string")
         object.__setattr__(self, "data", absolute_paths(self.data))
+        object.__setattr__(self, "init", absolute_paths(self.init))
         defaults = source_defaults(self.data, self.model)
         if self.warmup_epochs is None and self.epochs is not None:
             # A shorter run than the recipe's keeps the recipe's warm-up fraction once its warm-up would not fit.
@@ -173,6 +187,12 @@ class TrainConfig(CommandConfig):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
         check_run_name(self.name)
+        if self.init_decoder not in INIT_DECODERS:
+            raise ValueError(f"init_decoder must be one of {INIT_DECODERS}, got {self.init_decoder!r}")
+        if self.init_decoder == "fresh" and self.init is None:
+            raise ValueError("init_decoder 'fresh' replaces the decoder of an --init checkpoint: pass --init PATH too")
+        if self.peak_tflops is not None and check_finite(self.peak_tflops, "peak_tflops") <= 0:
+            raise ValueError(f"peak_tflops must be positive, got {self.peak_tflops!r}")
         if self.decode_device not in ("cpu", "cuda"):
             raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {self.decode_device!r}")
 

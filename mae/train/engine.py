@@ -45,6 +45,7 @@ from ..runtime.loop import (
 from ..runtime.preemption import StopSignals, request_requeue
 from ..runtime.run_folder import RunLock
 from .config import TrainConfig, require_train_extra
+from .continued import InitWeights, read_init
 from .data import Batches, build_data, build_loader, decode_device_of, normalize_on_device
 from .online import ONLINE_DIR, OnlineEval, require_eval_extra
 from .report import MetricsLog, finish_run, read_metrics, require_tensorboard
@@ -63,6 +64,7 @@ from .run import (
     write_run_config,
     write_train_checkpoint,
 )
+from .throughput import Throughput
 
 __all__ = ["NonFiniteLossError", "TrainResult", "build_optimizer", "param_groups", "pretrain"]
 
@@ -151,6 +153,7 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
     """The run, step by step: data, the run folder (locked), model and optimizer, epochs, report."""
     started = time.perf_counter()
     _check_sizes(config, info)
+    init = read_init(config) if config.init is not None and ckpt is None else None  # checked before any write
     decode_on = decode_device_of(config.decode_device, info.device)
     data = build_data(config)
     loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
@@ -170,13 +173,16 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
             held.enter_context(RunLock(run_dir, "mae-pretrain"))
             prepare_run_dir(run_dir, resuming=ckpt is not None, overwrite=config.overwrite)
         barrier(info)
-        trainer, start_epoch, position = _build_trainer(config, info, len(loader), ckpt)
+        trainer, start_epoch, position = _build_trainer(config, info, len(loader), ckpt, init=init)
+        meter = Throughput.start(config, info.device, info.world_size)
         if info.is_main:
             if ckpt is not None:
                 _complete_kept_copy(ckpt, run_dir, config.keep_every)
-            write_run_config(run_dir, _resolved(config, trainer, data.description, resume=ckpt))
+            write_run_config(run_dir, _resolved(config, trainer, data.description, resume=ckpt, init=init,
+                                                meter=meter))
+            _say(meter.describe_start())
         epochs = _Epochs(config, trainer, run_dir, last_checkpoint=ckpt.path if ckpt is not None else None,
-                         online=online)
+                         online=online, meter=meter)
         epochs.remember(start_epoch, position)
         last_loss, epochs_done = None, start_epoch
         with MetricsLog(run_dir / METRICS_FILE, enabled=info.is_main,
@@ -215,14 +221,18 @@ def _check_sizes(config: TrainConfig, info: DistInfo) -> None:
 
 
 def _build_trainer(config: TrainConfig, info: DistInfo, batches_per_epoch: int,
-                   ckpt: TrainCheckpoint | None) -> tuple[Trainer, int, dict[str, Any] | None]:
-    """Model, optimizer and schedule (the same seed on every process gives the same initial weights), resumed.
-    Returns the trainer, the epoch to start from and the position in it (None: its start)."""
+                   ckpt: TrainCheckpoint | None, *, init: InitWeights | None = None
+                   ) -> tuple[Trainer, int, dict[str, Any] | None]:
+    """Model, optimizer and schedule (the same seed on every process gives the same initial weights), resumed, or
+    started from ``init``'s weights (--init). Returns the trainer, the epoch to start from and the position in it
+    (None: its start)."""
     schedule = Schedule.plan(batches_per_epoch=batches_per_epoch, accum_iter=config.accum_iter,
                              batch_size=config.batch_size, world_size=info.world_size, epochs=config.epochs,
                              warmup_epochs=config.warmup_epochs, blr=config.blr, lr=config.lr, min_lr=config.min_lr)
     torch.manual_seed(config.seed)
     model = MaskedAutoEncoder.from_config(config.model_config, device=info.device)
+    if init is not None:
+        init.load_into(model)
     optimizer = build_optimizer(model, lr=schedule.lr, weight_decay=config.weight_decay)
     start_epoch, position = 0, None
     if ckpt is not None:
@@ -252,6 +262,7 @@ class _Epochs:
     metrics: MetricsLog | None = None
     online: OnlineEval | None = None  # rank 0's online evaluation, when asked for
     signals: StopSignals | None = None  # SIGTERM/SIGUSR1 seen by this process
+    meter: Throughput | None = None  # images/s, peak memory, MFU (set by _run)
     good_epoch: int = 0  # the epochs done in the state the trainer remembers
     good_rng: dict[str, Any] | None = None  # the global random generators then
     good_position: dict[str, Any] | None = None  # and the position in the epoch (None: its start)
@@ -287,14 +298,14 @@ class _Epochs:
         seconds = time.perf_counter() - t0
         done = epoch + 1
         summary = {"kind": "epoch", "epoch": done, "step": trainer.step, "loss": epoch_loss,
-                   "lr": trainer.optimizer.param_groups[0]["lr"],
-                   "img_per_s": len(loader) * config.batch_size * info.world_size / seconds, "seconds": seconds,
-                   "data_wait": loader.wait_seconds / seconds}  # share of the epoch spent waiting for batches
+                   "lr": trainer.optimizer.param_groups[0]["lr"], "seconds": seconds,
+                   "data_wait": loader.wait_seconds / seconds,  # share of the epoch spent waiting for batches
+                   **self.meter.epoch(len(loader), seconds)}  # img/s, peak memory, MFU (this process's)
         self.metrics.log(summary)
         if info.is_main:
             _say(f"epoch {done}/{config.epochs}  step {trainer.step}  loss {epoch_loss:.4f}  "
-                 f"lr {summary['lr']:.3e}  {summary['img_per_s']:.1f} img/s  {seconds:.1f} s  "
-                 f"data wait {summary['data_wait']:.0%}")
+                 f"lr {summary['lr']:.3e}  {seconds:.1f} s  data wait {summary['data_wait']:.0%}  "
+                 f"{self.meter.describe(summary)}")
         self.check_finite_weights(done)  # every process: the weights are the same, so is the decision
         self.remember(done)
         best = self.online is not None and self.online.due(done) and info.is_main and self.evaluate(done)
@@ -440,7 +451,8 @@ def _say(line: str) -> None:
     tqdm.write(line)
 
 
-def _resolved(config: TrainConfig, trainer: Trainer, data: dict, *, resume: TrainCheckpoint | None) -> dict[str, Any]:
+def _resolved(config: TrainConfig, trainer: Trainer, data: dict, *, resume: TrainCheckpoint | None,
+              init: InitWeights | None = None, meter: Throughput | None = None) -> dict[str, Any]:
     schedule, info = trainer.schedule, trainer.info
     return {
         "config": config.to_dict(),
@@ -451,6 +463,9 @@ def _resolved(config: TrainConfig, trainer: Trainer, data: dict, *, resume: Trai
             "effective_batch": schedule.effective_batch, "lr": schedule.lr, "steps_per_epoch": schedule.steps_per_epoch,
             "total_steps": schedule.total_steps, "warmup_steps": schedule.warmup_steps,
             "resumed_from": str(resume.path) if resume is not None else None,
+            "initialised_from": init.record if init is not None else None,  # --init: where the weights came from
+            **({"step_gflops_per_image": meter.flops_per_step / meter.batch_size / 1e9,
+                "peak_tflops": meter.peak_tflops, "peak_tflops_source": meter.peak_source} if meter else {}),
         },
         "model": config.model_config.to_dict(),
         "data": data,

@@ -35,6 +35,11 @@ and, at the end of the epoch, the owned shards it never opened. The cost is one 
 per run, spread over every worker and overlapped with training; a mismatch stops the first epoch, before its
 checkpoint is written, naming the shard. Shards named directly (``.tar`` files, brace patterns) carry no checksum.
 
+Remote shards: ``--data`` may name any of the above by URL (``https://host/shards/`` for a manifest folder,
+``https://host/train-{0000..0099}.tar``, ``s3://bucket/a.tar::s3://bucket/b.tar``). They are read by byte ranges
+through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): headers while indexing, then
+chunks of samples, never the whole data set onto local disk; their indexing runs on 16 threads at once.
+
 Brace patterns are expanded lazily and refused as soon as they name more than ``MAX_SHARD_NAMES`` files, so
 ``{0..99999999}`` costs a fraction of a second, not gigabytes.
 """
@@ -48,6 +53,7 @@ import re
 import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -58,10 +64,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..._checks import check_regular_file
 from ...io.images import IMAGE_EXTENSIONS, UnreadableImageError
 from .augment import MaskingSpec, augment_sample
+from .remote import is_url, open_url, read_url
 
 __all__ = ["CHUNK", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "MAX_SHARD_NAMES", "ShardIndex",
-           "ShardSamples", "expand_braces", "file_sha256", "index_shard", "is_shard_spec", "read_manifest",
-           "resolve_shards"]
+           "ShardSamples", "expand_braces", "file_sha256", "index_shard", "is_shard_spec", "open_shard",
+           "read_manifest", "resolve_shards"]
 
 CHUNK = 16  # samples read in one sequential run (16 ImageNet JPEGs: ~2 MB)
 MANIFEST_FILE = "manifest.json"
@@ -115,9 +122,10 @@ def _at_most(names: Iterator[str], limit: int, data: str) -> list[str]:
 
 
 def is_shard_spec(data: str) -> bool:
-    """Whether ``--data`` names tar shards: ``.tar`` files, a brace pattern, ``a.tar::b.tar``, or a shard folder."""
+    """Whether ``--data`` names tar shards: ``.tar`` files, a brace pattern, ``a.tar::b.tar``, a shard folder, or
+    URLs of any of these (a URL names nothing else)."""
     parts = data.split("::")
-    return (len(parts) > 1 or any(p.endswith(".tar") or _BRACE.search(p) for p in parts)
+    return (len(parts) > 1 or any(p.endswith(".tar") or _BRACE.search(p) or is_url(p) for p in parts)
             or _has_manifest(data))
 
 
@@ -143,12 +151,15 @@ def _manifest_value(manifest: Path, entry: dict, key: str, where: str, kind: typ
     return value
 
 
-def _shard_path(folder: Path, manifest: Path, name: object, key: str) -> Path:
-    """``folder / name`` for a plain file name whose target (links followed) stays inside ``folder``."""
+def _shard_path(folder: Path | str, manifest: Path | str, name: object, key: str) -> Path | str:
+    """``folder / name`` for a plain file name whose target (links followed) stays inside ``folder`` (a URL folder:
+    the name appended)."""
     expected = "a plain file name inside the manifest's folder (no '/', '\\' or '..')"
     if (not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
             or Path(name).is_absolute()):
         raise _manifest_error(manifest, key, expected, name)
+    if isinstance(folder, str):
+        return folder + name
     path = folder / name
     if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
         raise _manifest_error(manifest, key, f"{expected}; it is a link to {str(path.resolve())!r}, outside the folder",
@@ -162,16 +173,21 @@ def read_manifest(folder: str | Path) -> tuple[list[Path], dict]:
     Only what the reader relies on is checked: ``format``, ``version``, and per shard ``name``, ``size`` (bytes) and
     ``sha256``; other keys (``count``, ``source``, ...) are informational.
 
+    ``folder`` may be a URL (``https://host/shards/``): its ``manifest.json`` is read from there and the shards are
+    named by URL; their existence and size are then checked when they are indexed.
+
     Raises:
         ValueError: not our manifest, a key missing or of the wrong type, a name that leaves the folder, a shard whose
             size differs from its entry, or a manifest or shard that is a FIFO, device or socket.
         FileNotFoundError: a listed shard is missing.
     """
-    folder = Path(folder)
-    manifest = folder / MANIFEST_FILE
-    check_regular_file(manifest, "manifest")
+    remote = is_url(str(folder))
+    folder = str(folder).rstrip("/") + "/" if remote else Path(folder)
+    manifest = folder + MANIFEST_FILE if remote else folder / MANIFEST_FILE
+    if not remote:
+        check_regular_file(manifest, "manifest")
     try:
-        content = json.loads(manifest.read_text(encoding="utf-8"))
+        content = json.loads(read_url(manifest) if remote else manifest.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(manifest)!r} is not valid JSON ({err}); convert the images again") from None
     if not isinstance(content, dict) or content.get("format") != MANIFEST_FORMAT:
@@ -183,7 +199,7 @@ def read_manifest(folder: str | Path) -> tuple[list[Path], dict]:
     entries = _manifest_value(manifest, content, "shards", "", list, "a non-empty list of shard entries")
     if not entries:
         raise _manifest_error(manifest, "shards", "a non-empty list of shard entries", entries)
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for i, entry in enumerate(entries):
         where = f"shards[{i}]."
         if not isinstance(entry, dict):
@@ -198,6 +214,9 @@ def read_manifest(folder: str | Path) -> tuple[list[Path], dict]:
             raise _manifest_error(manifest, where + "size", "a number of bytes >= 0", size)
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise _manifest_error(manifest, where + "sha256", "64 lower-case hexadecimal digits", digest)
+        if remote:
+            paths.append(path)
+            continue
         check_regular_file(path, "shard")
         if not path.is_file():
             raise FileNotFoundError(f"--data {str(folder)!r}: shard {str(path)!r} listed in {MANIFEST_FILE} is missing")
@@ -208,21 +227,26 @@ def read_manifest(folder: str | Path) -> tuple[list[Path], dict]:
     return paths, content
 
 
-def resolve_shards(data: str) -> tuple[list[Path], dict | None]:
+def resolve_shards(data: str) -> tuple[list[Path | str], dict | None]:
     """The shard files ``--data`` names, and the manifest when they come from one ``mae-make-shards`` folder.
+
+    URLs (``remote``) stay strings; a URL that is neither a ``.tar`` nor a brace pattern names a manifest folder.
+    Remote shards are found missing when they are indexed (``FileNotFoundError`` naming the URL).
 
     Raises:
         FileNotFoundError: a named shard does not exist.
         ValueError: a bad manifest (``read_manifest``), more than ``MAX_SHARD_NAMES`` names, or a shard that is a
             FIFO, device or socket.
     """
-    if _has_manifest(data):
+    if _has_manifest(data) or (is_url(data) and "::" not in data and not data.endswith(".tar")
+                               and not _BRACE.search(data)):
         return read_manifest(data)
     names = itertools.chain.from_iterable(_names(part, part) for part in data.split("::") if part)
-    paths = [Path(name) for name in _at_most(names, MAX_SHARD_NAMES, data)]
-    for path in paths:
+    paths = [name if is_url(name) else Path(name) for name in _at_most(names, MAX_SHARD_NAMES, data)]
+    local = [p for p in paths if isinstance(p, Path)]
+    for path in local:
         check_regular_file(path, f"--data {data!r}: shard")
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [str(p) for p in local if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"--data {data!r}: {len(missing)} of {len(paths)} shard(s) do not exist "
                                 f"(e.g. {missing[0]!r})")
@@ -251,41 +275,49 @@ def _key(member_name: str) -> str:
     return folder + "/" + base.split(".", 1)[0]
 
 
-def index_shard(path: Path) -> ShardIndex:
+def open_shard(location: Path | str) -> BinaryIO:
+    """A shard opened for reading: a local file, or a URL read by ranges (``remote``)."""
+    return open_url(location) if is_url(location) else open(location, "rb")  # noqa: SIM115 (the caller closes it)
+
+
+def index_shard(path: Path | str) -> ShardIndex:
     """Read a shard's tar headers (not its data) and locate each sample's image.
 
     Raises:
         ValueError: not a tar file, truncated, or a FIFO, device or socket; the message names the shard.
+        FileNotFoundError: a remote shard does not exist.
     """
-    check_regular_file(path, "shard")
-    size = path.stat().st_size
+    if not is_url(path):
+        check_regular_file(path, "shard")
     offsets, sizes, keys_seen, keys_with_image = [], [], set(), set()
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in iter(tar.next, None):
-                if info.offset_data + info.size > size:
-                    raise ValueError(f"member {info.name!r} runs past the end of the file ({size} bytes)")
-                key = _key(info.name)
-                if not info.isfile():
-                    continue
-                keys_seen.add(key)
-                if key not in keys_with_image and info.name.lower().endswith(IMAGE_EXTENSIONS):
-                    keys_with_image.add(key)
-                    offsets.append(info.offset_data)
-                    sizes.append(info.size)
-            end = tar.offset
-        with open(path, "rb") as f:  # a complete tar ends with two zero blocks; Python's reader does not insist
-            f.seek(end)
+    with open_shard(path) as f:
+        size = f.seek(0, 2)
+        try:
+            f.seek(0)
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                for info in iter(tar.next, None):
+                    if info.offset_data + info.size > size:
+                        raise ValueError(f"member {info.name!r} runs past the end of the file ({size} bytes)")
+                    key = _key(info.name)
+                    if not info.isfile():
+                        continue
+                    keys_seen.add(key)
+                    if key not in keys_with_image and info.name.lower().endswith(IMAGE_EXTENSIONS):
+                        keys_with_image.add(key)
+                        offsets.append(info.offset_data)
+                        sizes.append(info.size)
+                end = tar.offset
+            f.seek(end)  # a complete tar ends with two zero blocks; Python's reader does not insist
             if f.read(1024) != bytes(1024):
                 raise ValueError(f"no end-of-archive marker after byte {end}")
-    except (tarfile.TarError, ValueError, OSError) as err:
-        raise ValueError(f"shard {str(path)!r} is not a complete tar file ({err}); re-create or remove it") from err
+        except (tarfile.TarError, ValueError) as err:
+            raise ValueError(f"shard {str(path)!r} is not a complete tar file ({err}); re-create or remove it") from err
     return ShardIndex(np.asarray(offsets, np.int64), np.asarray(sizes, np.int64), len(keys_seen - keys_with_image))
 
 
-def _member_at(path: Path, offset: int) -> str:
+def _member_at(path: Path | str, offset: int) -> str:
     """The name of the member whose data starts at ``offset`` (for error messages only)."""
-    with tarfile.open(path, mode="r:") as tar:
+    with open_shard(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for info in iter(tar.next, None):
             if info.offset_data == offset:
                 return info.name
@@ -302,7 +334,7 @@ class _OpenShards:
         if s not in self.files:
             if len(self.files) >= 8:
                 self.files.pop(next(iter(self.files))).close()
-            self.files[s] = open(self.samples.shards[s], "rb")  # noqa: SIM115 (closed when evicted or by close())
+            self.files[s] = open_shard(self.samples.shards[s])  # closed when evicted or by close()
         if s in self.unverified:
             self.samples.verify(s, self.files[s])
             self.unverified.discard(s)
@@ -311,7 +343,7 @@ class _OpenShards:
     def verify_the_rest(self) -> None:
         """Hash the owned shards this reader never opened (called when its epoch is complete)."""
         for s in sorted(self.unverified):
-            with open(self.samples.shards[s], "rb") as f:
+            with open_shard(self.samples.shards[s]) as f:
                 self.samples.verify(s, f)
         self.unverified.clear()
 
@@ -333,7 +365,7 @@ class ShardSamples(IterableDataset):
         encoded: leave JPEGs encoded for the training device (``augment_sample``'s ``encoded``).
     """
 
-    def __init__(self, shards: list[Path], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
+    def __init__(self, shards: list[Path | str], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
                  sha256: Sequence[str | None] | None = None, encoded: bool = False) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
@@ -344,7 +376,8 @@ class ShardSamples(IterableDataset):
         if len(self.sha256) != len(self.shards):
             raise ValueError(f"sha256 must give one checksum (or None) per shard: {len(self.shards)}, got "
                              f"{len(self.sha256)}")
-        self.index = [index_shard(p) for p in self.shards]
+        with ThreadPoolExecutor(max_workers=16) as pool:  # remote shards: their headers are read concurrently
+            self.index = list(pool.map(index_shard, self.shards))
         self.skipped = sum(i.skipped for i in self.index)
         if self.skipped:
             warnings.warn(f"{self.skipped} sample(s) in the shards have no image member and were skipped", stacklevel=2)
