@@ -155,7 +155,8 @@ def _check_folder(root: Path) -> tuple[Path, Path]:
 
 
 def load_data(data: str | os.PathLike | None, img_size: int, train_transform=None, val_transform=None) -> LabelledData:
-    """``data/train`` and ``data/val`` as ImageFolders, or the built-in digits when ``data`` is None.
+    """``data/train`` and ``data/val`` as labelled folders (``LabelledFolder``), or the built-in digits when ``data`` is
+    None.
 
     Args:
         data: folder with ``train/<class>/...`` and ``val/<class>/...``; None for the built-in digits.
