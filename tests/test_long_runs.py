@@ -21,11 +21,15 @@ from test_train_run import REPO, _free_port, tiny_args, tiny_config, weights, wr
 from torch import nn
 
 import mae.functional
+from mae.eval.data import digits_split
+from mae.eval.features import POOLS
 from mae.runtime.distributed import DistInfo
 from mae.runtime.loop import Diverged, NonFiniteLossError, Recovery, Schedule, Trainer
 from mae.train import TrainConfig, pretrain
 from mae.train.cli import main
+from mae.train.config import EVAL_POOLS
 from mae.train.data import build_data, build_loader
+from mae.train.online import OnlineEval, stratified_subset
 from mae.train.report import read_metrics
 from mae.train.run import check_run_dir, read_train_checkpoint
 
@@ -204,13 +208,15 @@ def test_nan_patience_zero_stops_at_the_first_non_finite_step(tmp_path, monkeypa
 def test_eval_every_writes_knn_accuracy_and_psnr_per_epoch_and_keeps_the_best(tmp_path):
     """The default data (held-out photographs for the reconstructions, the digits for kNN), evaluated each epoch;
     training is unchanged by it (the same weights as without)."""
-    cfg = tiny_config(tmp_path, None, repeat=1, epochs=2, name="online", eval_every=1, keep_best=True)
+    cfg = tiny_config(tmp_path, None, repeat=1, epochs=2, name="online", eval_every=1, keep_best=True,
+                      eval_images=100)
     result = pretrain(cfg)
     run = result.run_dir
     evals = records(run, "eval")
     assert [r["epoch"] for r in evals] == [1, 2]
     for r in evals:
         assert 0.0 <= r["knn_top1"] <= 100.0 and r["knn_top1"] > 10.0  # 10 classes: above chance
+        assert r["knn_images"] == [100, 100] and r["knn_pool"] == "mean"
         assert math.isfinite(r["recon_psnr"]) and r["recon_psnr"] > 0 and 0 < r["recon_mse"] < 1
         assert (run / r["figure"]).is_file() and r["figure"] == f"online/recon_epoch_{r['epoch']:04d}.png"
     best = max(evals, key=lambda r: r["knn_top1"])
@@ -226,6 +232,42 @@ def test_eval_every_writes_knn_accuracy_and_psnr_per_epoch_and_keeps_the_best(tm
     (run / "online" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="online/notes.txt"):
         check_run_dir(run, resuming=False, overwrite=True)
+
+
+def test_the_online_knn_images_are_a_fixed_stratified_subset(tmp_path):
+    """Each class in proportion (within one image), the same indices every time, all of a split when it is small."""
+    labels = torch.as_tensor(digits_split("train")[1])  # (1438,)
+    subset = stratified_subset(labels, 256)
+    assert len(subset) == 256 and torch.equal(subset, subset.unique())  # sorted, no repeats
+    share = 256 * torch.bincount(labels) / len(labels)
+    assert (torch.bincount(labels[subset]) - share).abs().max() <= 1.0
+    assert torch.equal(subset, stratified_subset(labels, 256))
+    assert set(subset.tolist()) < set(stratified_subset(labels, 300).tolist())  # a larger N only adds images
+    assert torch.equal(stratified_subset(labels, 5000), torch.arange(len(labels)))
+    # the evaluation holds its subset from the start: the same images at every evaluation, and after a resume
+    first, again = (OnlineEval(tiny_config(tmp_path, None, eval_every=1, eval_images=50), None, tmp_path)
+                    for _ in range(2))
+    assert len(first.train) == len(first.val) == 50
+    assert first.train.indices == again.train.indices and first.val.indices == again.val.indices
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--eval-images", "0", "eval_images must be a positive int, got 0"),
+    ("--eval-images", "-5", "eval_images must be a positive int, got -5"),
+    ("--eval-pool", "max", "argument --eval-pool: invalid choice: 'max' (choose from 'mean', 'cls')"),
+])
+def test_bad_online_eval_settings_are_refused_in_one_line(tmp_path, capsys, flag, value, message):
+    capsys.readouterr()
+    try:
+        code = main(tiny_args(tmp_path, None, "--eval-every", "1", flag, value))
+    except SystemExit as stop:  # argparse refuses a choice it does not offer by exiting
+        code = stop.code
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"mae-pretrain: error: {message}"
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ValueError, match=r"eval_pool must be one of \('mean', 'cls'\), got 'max'"):
+        TrainConfig(eval_pool="max")
+    assert sorted(EVAL_POOLS) == sorted(POOLS)  # the online choices are the feature extractor's
 
 
 def test_keep_best_without_eval_every_is_refused():

@@ -19,8 +19,8 @@ from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS, Recovery
 from ..runtime.run_folder import check_run_name
 
-__all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "INIT_DECODERS", "PAPER_DEFAULTS", "PAPER_MODEL", "RESUMABLE_FIELDS",
-           "TRAIN_EXTRA", "TrainConfig", "require_train_extra", "source_defaults"]
+__all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "EVAL_POOLS", "INIT_DECODERS", "PAPER_DEFAULTS", "PAPER_MODEL",
+           "RESUMABLE_FIELDS", "TRAIN_EXTRA", "TrainConfig", "require_train_extra", "source_defaults"]
 
 # The ``train`` extra (import name -> distribution): mae.train imports them where it uses them, so that
 # ``mae-pretrain`` can say what to install in one line.
@@ -37,10 +37,12 @@ def require_train_extra(what: str) -> None:
 RESUMABLE_FIELDS = frozenset({
     "epochs", "stop_after_epoch", "num_workers", "device", "compile", "threads", "save_every", "keep_every",
     "log_every", "progress", "figures", "tensorboard", "nan_patience", "max_rollbacks", "eval_every", "eval_data",
-    "keep_best", "peak_tflops",
+    "eval_images", "eval_pool", "keep_best", "peak_tflops",
 })
 # --init-decoder: the decoder of the --init checkpoint, or a freshly initialised one (mae.train.continued)
 INIT_DECODERS = ("checkpoint", "fresh")
+# The online kNN's features: mae.eval.features.POOLS, spelt out because the eval extra is optional for pretraining.
+EVAL_POOLS = ("mean", "cls")
 
 # Fields left at None take their value from the data source: the paper's recipe (Sec. 4 / A.1; 224 px, the preset's
 # patch) with --data, a demo that must visibly learn in CPU minutes on the built-in photographs: the small
@@ -156,6 +158,12 @@ class TrainConfig(CommandConfig):
                               "<run>/online/recon_epoch_XXXX.png; needs pip install 'mae-pytorch[eval]'")
     eval_data: str | None = _opt(None, "labelled folder with train/<class>/ and val/<class>/ for the online kNN "
                                        "(default: scikit-learn's digits at the run's image size)")
+    eval_images: int = _opt(256, "at most this many images of each --eval-data split (train: the kNN bank, val: the "
+                                 "queries) in the online kNN: a fixed subset, stratified by class, the same at every "
+                                 "evaluation and in every run; it sets the cost of an evaluation (docs/pretraining.md)")
+    eval_pool: str = _opt("mean", "feature of the online kNN: mean (of the patch tokens, which the reconstruction "
+                                  "loss trains) or cls (mae-knn's default; MAE's loss barely reaches it)",
+                          choices=EVAL_POOLS)
     keep_best: bool = _opt(False, "keep checkpoints/best, the epoch with the highest online kNN top-1 (needs "
                                   "--eval-every)")
     overwrite: bool = _opt(False, "delete a previous run of mae-pretrain in the same folder and start afresh")
@@ -198,7 +206,7 @@ class TrainConfig(CommandConfig):
 
     def _check_counts(self) -> None:
         for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",
-                     "log_every"):
+                     "log_every", "eval_images"):
             check_positive_int(getattr(self, name), name)
         for name in ("stop_after_epoch", "threads"):
             if getattr(self, name) is not None:
@@ -207,6 +215,8 @@ class TrainConfig(CommandConfig):
             check_non_negative_int(getattr(self, name), name)
         if self.keep_best and not self.eval_every:
             raise ValueError("keep_best needs online evaluation to rank the epochs: pass --eval-every N (N > 0) too")
+        if self.eval_pool not in EVAL_POOLS:
+            raise ValueError(f"eval_pool must be one of {EVAL_POOLS}, got {self.eval_pool!r}")
         if self.eval_data is not None and not str(self.eval_data).strip():
             raise ValueError("eval_data must be a folder path or None (the built-in digits), got an empty string")
 
