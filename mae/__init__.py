@@ -1,8 +1,9 @@
 """mae-pytorch: the Masked Autoencoder of He et al. (2021), faithful to the paper and readable in one sitting.
 
-    >>> from mae import create_model
-    >>> model = create_model("mae_vit_base_patch16", norm_pix_loss=True)
-    >>> loss, pred, mask = model(imgs)          # imgs: (B, 3, 224, 224)
+    >>> import torch, mae
+    >>> model = mae.create_model("mae_vit_base_patch16", norm_pix_loss=True)
+    >>> imgs = torch.randn(2, 3, 224, 224)      # normalised images (B, C, H, W)
+    >>> loss, pred, mask = model(imgs)
     >>> mae.save_pretrained(model, "my_mae")    # and back: mae.from_pretrained("my_mae")
 """
 

@@ -1,6 +1,6 @@
 """The Masked Autoencoder (He et al., "Masked Autoencoders Are Scalable Vision Learners", 2021).
 
-Data flow (DESIGN.md), one path, top to bottom: ``forward`` = ``encoder`` -> ``decoder`` -> ``loss``.
+Data flow (docs/architecture.md), one path, top to bottom: ``forward`` = ``encoder`` -> ``decoder`` -> ``loss``.
     encoder: imgs (B, C, H, W) -> patchify (B, L, P) -> random_masking (B, K, P) -> patch_embed + pos_embed (B, K, D)
              -> [cls] (B, 1+K, D) -> blocks -> norm = latent (B, 1+K, D)
              (masking before embedding: see ``PatchEmbedding.embed_patches``)

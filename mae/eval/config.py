@@ -1,11 +1,11 @@
 """Run configurations of the three protocols: one frozen dataclass each, sharing the common fields.
 
 Every field is one command-line flag (``mae.runtime.cli``: ``batch_size`` -> ``--batch-size``, help in the field).
-Fields left at None are resolved when the run starts (``resolve``), by one rule: the paper's recipe (DESIGN.md
-section 5) when ``--data`` holds at least ``SMALL_DATA_IMAGES`` training images, else the protocol's small-data recipe
-(the built-in digits always): the paper's recipes are built for a million images and thousands of steps, and on a
-few thousand images they stay near chance (docs/evaluation.md has the measurements). The values that depend on the
-model size (blr, layer decay, drop path for B vs L/H) come from the encoder's width.
+Fields left at None are resolved when the run starts (``resolve``), by one rule: the paper's recipe (the authors'
+settings, docs/evaluation.md) when ``--data`` holds at least ``SMALL_DATA_IMAGES`` training images, else the protocol's
+small-data recipe (the built-in digits always): the paper's recipes are built for a million images and thousands of
+steps, and on a few thousand images they stay near chance (docs/evaluation.md has the measurements). The values that
+depend on the model size (blr, layer decay, drop path for B vs L/H) come from the encoder's width.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ Built-in data set (no ``--data``): scikit-learn's handwritten digits, 1,797 grey
 inside the package (offline). They are upscaled bilinearly to the model's input size and repeated to three channels;
 a fixed stratified split holds out 20% of each class (1,438 train / 359 val).
 
-Transforms (DESIGN.md section 5): evaluation is Resize(img_size / crop_pct, bicubic) + CenterCrop(img_size); the
-linear probe trains on RandomResizedCrop + flip; fine-tuning uses timm's ``create_transform`` with RandAugment
-'rand-m9-mstd0.5-inc1' and random erasing 0.25 (pixel mode), exactly the authors' pipeline. All normalise with the
-ImageNet mean and std, as the encoder saw in pretraining.
+Transforms (the authors' recipes, docs/evaluation.md): evaluation is Resize(img_size / crop_pct, bicubic) +
+CenterCrop(img_size); the linear probe trains on RandomResizedCrop + flip; fine-tuning uses timm's ``create_transform``
+with RandAugment 'rand-m9-mstd0.5-inc1' and random erasing 0.25 (pixel mode), exactly the authors' pipeline. All
+normalise with the ImageNet mean and std, as the encoder saw in pretraining.
 """
 
 from __future__ import annotations

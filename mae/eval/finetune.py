@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning with the authors' recipe (DESIGN.md section 5), on timm's VisionTransformer.
+"""End-to-end fine-tuning with the authors' recipe (docs/evaluation.md), on timm's VisionTransformer.
 
 The encoder is exported to timm (``to_timm``): mean of the patch tokens (cls excluded) + a new LayerNorm ``fc_norm``
 (the final ``norm`` is dropped) + a linear head (trunc-normal std 2e-5); drop path 0.1 / 0.2 / 0.3 for B / L / H.

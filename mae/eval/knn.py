@@ -1,7 +1,7 @@
 """Weighted k-nearest-neighbour classification on frozen features (DINO's protocol, Caron et al. 2021).
 
 Features are L2-normalised, similarity is the cosine, and each of the k nearest training samples votes for its class
-with weight exp(sim / T). k = 20 and T = 0.07 are DINO's values. MAE features are weak under kNN (DESIGN.md section 5:
+with weight exp(sim / T). k = 20 and T = 0.07 are DINO's values. MAE features are weak under kNN (docs/evaluation.md:
 11.2% top-1 for ViT-B after 100 ImageNet epochs): use it as a fast check, not as the headline number.
 
 Shape legend: N training samples, Q queries, D feature width, C classes.

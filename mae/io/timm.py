@@ -2,7 +2,7 @@
 
 The encoder's parameter names are timm's, so the weights move over without renaming. Two poolings:
 
-* ``global_pool="avg"`` (MAE fine-tuning, DESIGN.md section 5): mean of the patch tokens, then a new LayerNorm
+* ``global_pool="avg"`` (MAE fine-tuning, docs/evaluation.md): mean of the patch tokens, then a new LayerNorm
   (``fc_norm``, freshly initialised) and the head. timm then drops the encoder's final ``norm`` (``forward_features``
   returns the block outputs un-normalised), exactly as the MAE fine-tuning code does.
 * ``global_pool="token"`` (linear probing): the cls token after the encoder's pretrained ``norm``; here

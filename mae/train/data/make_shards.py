@@ -88,7 +88,7 @@ def shrink_image(data: bytes, name: str, max_side: int) -> bytes | None:
     Raises:
         ValueError: a bad ``max_side``; ``UnreadableImageError`` (a ValueError) when the image cannot be decoded.
     """
-    from PIL import Image  # the train extra's packages are imported where used (mae.train.extra)
+    from PIL import Image  # the train extra's packages are imported where used (mae.train.config.require_train_extra)
 
     max_side = check_max_side(max_side)
     if max_side is None:
