@@ -324,3 +324,14 @@ def test_every_process_skips_the_step_only_one_of_them_saw_diverge(tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--eval-every", "1", "--eval-data", "nope"], "--eval-data"),  # not --data: the flag the user typed
+    (["--init", "nope.pth"], "--init"),
+])
+def test_a_missing_path_is_named_by_its_own_flag(tmp_path, capsys, args, says):
+    assert main([*args[:-1], str(tmp_path / args[-1]), "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {says}" in err and "does not exist" in err, err
+    assert not (tmp_path / "runs").exists()

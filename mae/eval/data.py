@@ -112,8 +112,8 @@ class LabelledFolder(Dataset):
     """One split of a labelled folder (``split/<class>/.../<image>``) as ``(RGB PIL image after the transform,
     label)``, the classes in sorted order."""
 
-    def __init__(self, split_dir: Path, classes: list[str], transform=None) -> None:
-        paths, self.skipped = scan_image_folder(split_dir, name="--data")
+    def __init__(self, split_dir: Path, classes: list[str], transform=None, name: str = "--data") -> None:
+        paths, self.skipped = scan_image_folder(split_dir, name=name)
         index = {c: i for i, c in enumerate(classes)}
         self.samples = [(p, index[p.relative_to(split_dir).parts[0]]) for p in paths
                         if len(p.relative_to(split_dir).parts) > 1 and p.relative_to(split_dir).parts[0] in index]
@@ -128,16 +128,16 @@ class LabelledFolder(Dataset):
         return (self.transform(img) if self.transform else img), label
 
 
-def _check_folder(root: Path) -> tuple[Path, Path]:
+def _check_folder(root: Path, name: str) -> tuple[Path, Path]:
     if not root.exists():
-        raise FileNotFoundError(f"--data {str(root)!r} does not exist; expected a folder with train/ and val/")
+        raise FileNotFoundError(f"{name} {str(root)!r} does not exist; expected a folder with train/ and val/")
     if not root.is_dir():
-        raise ValueError(f"--data {str(root)!r} is a file; expected a folder with train/ and val/ subfolders")
+        raise ValueError(f"{name} {str(root)!r} is a file; expected a folder with train/ and val/ subfolders")
     splits = root / "train", root / "val"
     missing = [p.name + "/" for p in splits if not p.is_dir()]
     if missing:
         raise FileNotFoundError(
-            f"--data {str(root)!r} has no {' and no '.join(missing)} subfolder; expected ImageFolder layout "
+            f"{name} {str(root)!r} has no {' and no '.join(missing)} subfolder; expected ImageFolder layout "
             f"{root}/train/<class>/<image> and {root}/val/<class>/<image>"
         )
     found = [sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")) for p in splits]
@@ -148,13 +148,14 @@ def _check_folder(root: Path) -> tuple[Path, Path]:
         only_train = sorted(set(found[0]) - set(found[1]))
         only_val = sorted(set(found[1]) - set(found[0]))
         raise ValueError(
-            f"--data {str(root)!r}: the class folders of train/ and val/ differ (only in train/: {only_train}; "
+            f"{name} {str(root)!r}: the class folders of train/ and val/ differ (only in train/: {only_train}; "
             f"only in val/: {only_val}); both must hold the same classes so labels mean the same thing"
         )
     return splits
 
 
-def load_data(data: str | os.PathLike | None, img_size: int, train_transform=None, val_transform=None) -> LabelledData:
+def load_data(data: str | os.PathLike | None, img_size: int, train_transform=None, val_transform=None, *,
+              name: str = "--data") -> LabelledData:
     """``data/train`` and ``data/val`` as labelled folders (``LabelledFolder``), or the built-in digits when ``data`` is
     None.
 
@@ -162,6 +163,7 @@ def load_data(data: str | os.PathLike | None, img_size: int, train_transform=Non
         data: folder with ``train/<class>/...`` and ``val/<class>/...``; None for the built-in digits.
         img_size: the model's input size (the digits are upscaled to it).
         train_transform, val_transform: applied to each PIL image.
+        name: how errors name ``data`` (the flag it came from).
 
     Raises:
         FileNotFoundError: ``data`` or one of its ``train/``, ``val/`` folders is missing.
@@ -172,10 +174,10 @@ def load_data(data: str | os.PathLike | None, img_size: int, train_transform=Non
         val = DigitsDataset("val", img_size, val_transform)
         desc = f"scikit-learn digits (8x8 grey, upscaled to {img_size} px): {len(train)} train / {len(val)} val"
         return LabelledData(train, val, train.classes, desc)
-    train_dir, val_dir = _check_folder(Path(data).expanduser())
+    train_dir, val_dir = _check_folder(Path(data).expanduser(), name)
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    train = LabelledFolder(train_dir, classes, train_transform)
-    val = LabelledFolder(val_dir, classes, val_transform)
+    train = LabelledFolder(train_dir, classes, train_transform, name)
+    val = LabelledFolder(val_dir, classes, val_transform, name)
     for ds, d in ((train, train_dir), (val, val_dir)):
         if len(ds) == 0:
             raise ValueError(f"{str(d)!r} holds no image files in its class folders")

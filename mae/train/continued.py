@@ -52,7 +52,10 @@ def read_init(config: TrainConfig) -> InitWeights:
             ``config.init_decoder`` is not "fresh", or it lacks other weights (a fine-tuned file).
         FileNotFoundError: there is nothing at ``config.init``.
     """
-    ckpt = read_checkpoint(_source(config.init))
+    try:
+        ckpt = read_checkpoint(_source(config.init))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--init: {err}") from None
     notes = []
     if config.init_decoder == "fresh":
         dropped = [k for k in ckpt.state_dict if is_decoder_key(k)]

@@ -79,7 +79,7 @@ class OnlineEval:
         self.every, self.run_dir, self.pool = config.eval_every, run_dir, config.eval_pool
         self.knn = {f.name: f.default for f in dataclasses.fields(KNNConfig)}  # mae-knn's defaults
         tf = eval_transform(config.img_size, self.knn["crop_pct"])
-        labelled = load_data(config.eval_data, config.img_size, tf, tf)
+        labelled = load_data(config.eval_data, config.img_size, tf, tf, name="--eval-data")
         self.num_classes = labelled.num_classes
         self.train, self.val = (Subset(split, stratified_subset(_labels(split), config.eval_images).tolist())
                                 for split in (labelled.train, labelled.val))
