@@ -21,6 +21,7 @@ from test_train_run import REPO, _free_port, tiny_args, tiny_config, weights, wr
 from torch import nn
 
 import mae.functional
+from mae import MaskedAutoEncoder
 from mae.eval.data import digits_split
 from mae.eval.features import POOLS
 from mae.runtime.distributed import DistInfo
@@ -206,27 +207,36 @@ def test_nan_patience_zero_stops_at_the_first_non_finite_step(tmp_path, monkeypa
 
 
 def test_eval_every_writes_knn_accuracy_and_psnr_per_epoch_and_keeps_the_best(tmp_path):
-    """The default data (held-out photographs for the reconstructions, the digits for kNN), evaluated each epoch;
-    training is unchanged by it (the same weights as without)."""
+    """The default data (held-out photographs for the reconstructions, the digits for kNN), evaluated before training
+    (epoch 0, the baseline) and after each epoch; training is unchanged by it (the same weights as without)."""
     cfg = tiny_config(tmp_path, None, repeat=1, epochs=2, name="online", eval_every=1, keep_best=True,
                       eval_images=100)
     result = pretrain(cfg)
     run = result.run_dir
     evals = records(run, "eval")
-    assert [r["epoch"] for r in evals] == [1, 2]
+    assert [r["epoch"] for r in evals] == [0, 1, 2]
+    # epoch 0 scores the starting weights: the model the seed builds, evaluated on its own
+    torch.manual_seed(cfg.seed)
+    start = OnlineEval(cfg, None, tmp_path / "start")(MaskedAutoEncoder.from_config(cfg.model_config), 0, "fp32")
+    assert start["knn_top1"] == evals[0]["knn_top1"] and start["recon_mse"] == evals[0]["recon_mse"]
+    assert not evals[0]["improved"] and evals[0]["step"] == 0  # a baseline, never the best to keep
     for r in evals:
         assert 0.0 <= r["knn_top1"] <= 100.0 and r["knn_top1"] > 10.0  # 10 classes: above chance
         assert r["knn_images"] == [100, 100] and r["knn_pool"] == "mean"
         assert math.isfinite(r["recon_psnr"]) and r["recon_psnr"] > 0 and 0 < r["recon_mse"] < 1
         assert (run / r["figure"]).is_file() and r["figure"] == f"online/recon_epoch_{r['epoch']:04d}.png"
-    best = max(evals, key=lambda r: r["knn_top1"])
+    best = max(evals[1:], key=lambda r: r["knn_top1"])
     best_state = read_train_checkpoint(run / "checkpoints" / "best").train_state
     assert best_state["epoch"] == best["epoch"] and best_state["online"]["knn_top1"] == best["knn_top1"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["online"]["best_knn_top1"] == best["knn_top1"] and summary["online"]["last"]["epoch"] == 2
+    assert summary["online"]["start"]["knn_top1"] == evals[0]["knn_top1"]
     plain = pretrain(cfg.replace(name="plain", eval_every=0, keep_best=False))
     for k, v in weights(plain.run_dir).items():
         assert torch.equal(v, weights(run)[k]), k
+    # a resumed run does not score its start again: epoch 0 was the first attempt's
+    pretrain(cfg.replace(epochs=3), resume=run)
+    assert [r["epoch"] for r in records(run, "eval")] == [0, 1, 2, 3]
     # best/ and online/ are the run's own: --overwrite may delete them, but not a stranger's file among them
     check_run_dir(run, resuming=False, overwrite=True)
     (run / "online" / "notes.txt").write_text("mine")

@@ -153,7 +153,8 @@ class TrainConfig(CommandConfig):
                                            "epoch log (default: the vendors' dense bf16 datasheet figure for known "
                                            "GPUs, H100 SXM and H200 989, A100 312; otherwise no MFU)")
     # online evaluation (mae.train.online): needs the eval extra
-    eval_every: int = _opt(0, "epochs between online evaluations (0: off): kNN top-1 of the encoder on --eval-data "
+    eval_every: int = _opt(0, "epochs between online evaluations (0: off; on, the starting weights are scored too, "
+                              "as epoch 0): kNN top-1 of the encoder on --eval-data "
                               "(mae-knn's protocol), masked-patch error and PSNR on a fixed held-out batch, and "
                               "<run>/online/recon_epoch_XXXX.png; needs pip install 'mae-pytorch[eval]'")
     eval_data: str | None = _opt(None, "labelled folder with train/<class>/ and val/<class>/ for the online kNN "

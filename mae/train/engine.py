@@ -189,6 +189,8 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
                         tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None) as metrics, \
                 StopSignals() as signals:
             epochs.metrics, epochs.signals = metrics, signals
+            if online is not None and ckpt is None:
+                epochs.evaluate_start()
             while epochs_done < config.epochs:
                 try:
                     last_loss = epochs.run(loader, epochs_done, position)
@@ -361,11 +363,19 @@ class _Epochs:
                  f"{self.good_epoch}), lr x{trainer.lr_factor:g} from now on, another data order")
         return self.good_epoch, self.good_position
 
+    def evaluate_start(self) -> None:
+        """Rank 0 evaluates the starting weights (random, or --init's) as epoch 0: the baseline the evaluations
+        after training are read against. It is logged, never kept as the best; the other processes wait."""
+        if self.trainer.info.is_main:
+            self.evaluate(0)
+        barrier(self.trainer.info)
+
     def evaluate(self, done: int) -> bool:
         """Rank 0: the online evaluation, logged. Returns whether it is a new best to keep (--keep-best)."""
         record = self.online(self.trainer.model, done, self.trainer.precision)
         self.metrics.log({**record, "step": self.trainer.step})
-        _say(f"online eval, epoch {done}: kNN top-1 {record['knn_top1']:.2f}%  masked-patch PSNR "
+        when = f"epoch {done}" if done else "before training (epoch 0)"
+        _say(f"online eval, {when}: kNN top-1 {record['knn_top1']:.2f}%  masked-patch PSNR "
              f"{record['recon_psnr']:.2f} dB  ({record['seconds']:.1f} s; {record['figure']})")
         return record["improved"] and self.config.keep_best
 
@@ -415,9 +425,10 @@ class _Epochs:
         }}
         if self.online is not None:
             evals = [r for r in records if r.get("kind") == "eval"]
+            scores = [{k: r[k] for k in ("epoch", "knn_top1", "recon_mse", "recon_psnr")} for r in evals]
             out["online"] = {"best_knn_top1": self.online.best["knn_top1"], "best_epoch": self.online.best["epoch"],
-                             "last": {k: evals[-1][k] for k in ("epoch", "knn_top1", "recon_mse", "recon_psnr")}
-                             if evals else None, "figures": ONLINE_DIR}
+                             "start": next((r for r in scores if r["epoch"] == 0), None),
+                             "last": scores[-1] if scores else None, "figures": ONLINE_DIR}
         return out
 
     def kept(self) -> str:

@@ -1,6 +1,7 @@
 """Online evaluation during pretraining (``--eval-every N``): how good the encoder is while it trains.
 
-Every N epochs, on rank 0 (the other processes wait at the end of the epoch):
+Before the first step of a new run (epoch 0: the starting weights, the baseline) and every N epochs after, on
+rank 0 (the other processes wait):
 
 - kNN top-1 of the current encoder on a labelled set (``--eval-data``, default scikit-learn's digits at the run's
   image size) with ``mae-knn``'s protocol (k 20, T 0.07, the evaluation crop; ``KNNConfig``) through the same
@@ -96,7 +97,8 @@ class OnlineEval:
 
     @torch.inference_mode()
     def __call__(self, model: MaskedAutoEncoder, done: int, precision: str) -> dict[str, Any]:
-        """Evaluate ``model`` after epoch ``done``; returns the metrics record (``"improved"``: a new best top-1)."""
+        """Evaluate ``model`` after epoch ``done`` (0: before training); returns the metrics record (``"improved"``:
+        a new best top-1)."""
         t0 = time.perf_counter()
         device = model.device
         was_training = model.training
@@ -114,7 +116,8 @@ class OnlineEval:
             reconstruction_figure(model, self.images[:_FIGURE_ROWS].to(device), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                                   noise=self.noise[:_FIGURE_ROWS].to(device), path=figure,
                                   title=f"epoch {done}: masked-patch PSNR {psnr:.2f} dB, kNN top-1 {top1:.1f}%")
-        improved = self.best["knn_top1"] is None or top1 > self.best["knn_top1"]
+        # The starting weights (epoch 0) have no checkpoint to keep: they are the baseline, not a candidate.
+        improved = done > 0 and (self.best["knn_top1"] is None or top1 > self.best["knn_top1"])
         if improved:
             self.best = {"knn_top1": top1, "epoch": done}
         return {"kind": "eval", "epoch": done, "knn_top1": top1, "knn_pool": self.pool,
