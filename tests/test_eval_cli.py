@@ -86,6 +86,18 @@ def test_cli_checkpoint_from_save_pretrained(tmp_path, capsys):
     assert results["val_acc1"] == 100.0 and results["encoder"]["checkpoint"] == str(tmp_path / "enc")
 
 
+@pytest.mark.parametrize("flag", ["--epochs", "--blr", "--lr"])
+def test_knn_offers_no_training_flags_it_would_ignore(tmp_path, capsys, flag):
+    """kNN trains nothing: a training flag is refused by the parser (it used to be shown, accepted and ignored)."""
+    with pytest.raises(SystemExit) as stop:
+        knn_main([*TINY, flag, "3", "--output-dir", str(tmp_path)])
+    assert stop.value.code == 2 and f"unrecognized arguments: {flag} 3" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    for field in ("epochs", "blr", "lr"):
+        assert field not in mae.eval.KNNConfig.__dataclass_fields__
+        assert all(field in c.__dataclass_fields__ for c in (mae.eval.LinProbeConfig, mae.eval.FinetuneConfig))
+
+
 def test_digits_split_is_fixed_stratified_and_disjoint():
     (xt, yt), (xv, yv) = digits_split("train"), digits_split("val")
     assert len(yt) == 1438 and len(yv) == 359 and xt.shape[1:] == (8, 8) and xt.dtype == np.uint8

@@ -52,10 +52,7 @@ class EvalConfig(CommandConfig):
                                   "scikit-learn's digits (offline)")
     img_size: int | None = _opt(None, "input size (default: the checkpoint's; for --model 224, or 32 on the digits)")
     patch_size: int | None = _opt(None, "patch size, with --model only (default: the preset's, or 8 on the digits)")
-    epochs: int | None = _opt(None, "epochs to train")
     batch_size: int | None = _opt(None, "images per process per step")
-    blr: float | None = _opt(None, "base learning rate: lr = blr x effective batch / 256")
-    lr: float | None = _opt(None, "absolute learning rate (overrides --blr)")
     num_workers: int | None = _opt(None, "data-loader processes (default 0 on the digits, min(8, CPU cores) with "
                                          "--data)")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N (under torchrun each process takes cuda:LOCAL_RANK)")
@@ -79,12 +76,9 @@ class EvalConfig(CommandConfig):
         _check_optional(self, ("checkpoint", "model", "data", "name"), check_str)
         for name in ("checkpoint", "data"):
             object.__setattr__(self, name, absolute_paths(getattr(self, name)))
-        _check_optional(self, ("img_size", "patch_size", "epochs", "batch_size"), check_positive_int)
+        _check_optional(self, ("img_size", "patch_size", "batch_size"), check_positive_int)
         _check_optional(self, ("num_workers",), check_non_negative_int)
         check_non_negative_int(self.seed, "seed")
-        for name in ("blr", "lr"):
-            if getattr(self, name) is not None and check_finite(getattr(self, name), name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_device_name(self.device)
@@ -100,15 +94,16 @@ class EvalConfig(CommandConfig):
     def resolve(self, embed_dim: int, num_train: int) -> EvalConfig:
         """A copy with every None field that has a default filled in, from ``recipe(num_train)`` and the encoder's
         width ``embed_dim`` (the small-data recipe's values win over the size-dependent ones)."""
+        defaults = self.defaults(embed_dim, num_train)
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def defaults(self, embed_dim: int, num_train: int) -> dict[str, Any]:
+        """The values ``resolve`` fills None fields with."""
         sized = {k: v for k, v in self.size_defaults(embed_dim).items() if v is not None}
         small = self.recipe(num_train) == "small-data"
         defaults = {**sized, **self.SMALL} if small else {**self.PAPER, **sized}
         defaults["num_workers"] = 0 if self.data is None else min(8, os.cpu_count() or 1)
-        if "warmup_epochs" in defaults and self.epochs is not None and self.warmup_epochs is None:
-            # A shorter run than the recipe's keeps the recipe's warm-up fraction once the warm-up would not fit.
-            defaults["warmup_epochs"] = min(defaults["warmup_epochs"],
-                                            self.epochs * defaults["warmup_epochs"] / defaults["epochs"])
-        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        return defaults
 
     def size_defaults(self, embed_dim: int) -> dict[str, Any]:
         return {}
@@ -159,7 +154,8 @@ def _large(embed_dim: int) -> bool:
 
 @dataclass(frozen=True)
 class KNNConfig(EvalConfig):
-    """Weighted k-NN on frozen, L2-normalised features (DINO's protocol). No training: ``epochs`` is unused."""
+    """Weighted k-NN on frozen, L2-normalised features (DINO's protocol). Nothing is trained, so it has no epochs or
+    learning rate."""
 
     k: int = _opt(20, "neighbours that vote")
     temperature: float = _opt(0.07, "votes are exp(cosine similarity / temperature)")
@@ -182,6 +178,9 @@ class KNNConfig(EvalConfig):
 class _Trained(EvalConfig):
     """Fields of the protocols that train (the one loop of ``mae.runtime.loop``)."""
 
+    epochs: int | None = _opt(None, "epochs to train")
+    blr: float | None = _opt(None, "base learning rate: lr = blr x effective batch / 256")
+    lr: float | None = _opt(None, "absolute learning rate (overrides --blr)")
     warmup_epochs: float | None = _opt(None, "epochs of per-iteration linear warm-up before the cosine")
     min_lr: float | None = _opt(None, "learning rate at the end of the cosine")
     weight_decay: float | None = _opt(None, "weight decay (LARS: matrices only; AdamW: not on 1-D parameters, "
@@ -191,9 +190,21 @@ class _Trained(EvalConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int(self.accum_iter, "accum_iter")
+        _check_optional(self, ("epochs",), check_positive_int)
+        for name in ("blr", "lr"):
+            if getattr(self, name) is not None and check_finite(getattr(self, name), name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         _check_optional(self, ("warmup_epochs", "min_lr", "weight_decay"), check_finite, low=0.0)
         if self.warmup_epochs is not None and self.epochs is not None and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+
+    def defaults(self, embed_dim: int, num_train: int) -> dict[str, Any]:
+        defaults = super().defaults(embed_dim, num_train)
+        if self.epochs is not None and self.warmup_epochs is None:
+            # A shorter run than the recipe's keeps the recipe's warm-up fraction once the warm-up would not fit.
+            defaults["warmup_epochs"] = min(defaults["warmup_epochs"],
+                                            self.epochs * defaults["warmup_epochs"] / defaults["epochs"])
+        return defaults
 
 
 @dataclass(frozen=True)
