@@ -181,14 +181,13 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
             write_run_config(run_dir, _resolved(config, trainer, data.description, resume=ckpt, init=init,
                                                 meter=meter))
             _say(meter.describe_start())
-        epochs = _Epochs(config, trainer, run_dir, last_checkpoint=ckpt.path if ckpt is not None else None,
-                         online=online, meter=meter)
-        epochs.remember(start_epoch, position)
         last_loss, epochs_done = None, start_epoch
         with MetricsLog(run_dir / METRICS_FILE, enabled=info.is_main,
                         tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None) as metrics, \
                 StopSignals() as signals:
-            epochs.metrics, epochs.signals = metrics, signals
+            epochs = _Epochs(config, trainer, run_dir, metrics, signals, meter, online=online,
+                             last_checkpoint=ckpt.path if ckpt is not None else None)
+            epochs.remember(start_epoch, position)
             if online is not None and ckpt is None:
                 epochs.evaluate_start()
             while epochs_done < config.epochs:
@@ -260,11 +259,11 @@ class _Epochs:
     config: TrainConfig
     trainer: Trainer
     run_dir: Path
-    last_checkpoint: Path | None = None  # checkpoints/last once it exists
-    metrics: MetricsLog | None = None
+    metrics: MetricsLog  # metrics.jsonl (and TensorBoard)
+    signals: StopSignals  # SIGTERM/SIGUSR1 seen by this process
+    meter: Throughput  # images/s, peak memory, MFU
     online: OnlineEval | None = None  # rank 0's online evaluation, when asked for
-    signals: StopSignals | None = None  # SIGTERM/SIGUSR1 seen by this process
-    meter: Throughput | None = None  # images/s, peak memory, MFU (set by _run)
+    last_checkpoint: Path | None = None  # checkpoints/last once it exists
     good_epoch: int = 0  # the epochs done in the state the trainer remembers
     good_rng: dict[str, Any] | None = None  # the global random generators then
     good_position: dict[str, Any] | None = None  # and the position in the epoch (None: its start)
@@ -295,7 +294,7 @@ class _Epochs:
         epoch_loss = trainer.train_epoch(loader, partial(_mae_loss, device=info.device), num_batches=len(loader),
                                          epoch=epoch, epochs=config.epochs, progress=config.progress, on_step=on_step,
                                          on_skip=on_skip, stop_hint=lambda: ", " + self.kept(),
-                                         should_stop=lambda: self.signals is not None and self.signals.requested,
+                                         should_stop=lambda: self.signals.requested,
                                          so_far=EpochProgress(0, position["steps"], position["loss_sum"]))
         seconds = time.perf_counter() - t0
         done = epoch + 1
@@ -310,7 +309,9 @@ class _Epochs:
                  f"{self.meter.describe(summary)}")
         self.check_finite_weights(done)  # every process: the weights are the same, so is the decision
         self.remember(done)
-        best = self.online is not None and self.online.due(done) and info.is_main and self.evaluate(done)
+        best = False  # a new best kNN top-1 to keep (--keep-best)
+        if self.online is not None and self.online.due(done) and info.is_main:
+            best = self.evaluate(done)
         stopping = config.stop_after_epoch is not None and done >= config.stop_after_epoch
         keep = bool(config.keep_every) and done % config.keep_every == 0
         if info.is_main and (done % config.save_every == 0 or keep or done == config.epochs or stopping):
@@ -331,7 +332,7 @@ class _Epochs:
         used = (position or {}).get("samples", 0) + progress.batches * loader.global_batch
         position = {"samples": used, "steps": progress.steps, "loss_sum": progress.loss_sum}
         self.metrics.log({"kind": "stop", "step": trainer.step, "epoch": epoch + 1, "samples": used,
-                          "signal": self.signals.received if self.signals is not None else None})
+                          "signal": self.signals.received})
         try:
             self.check_finite_weights(epoch)
         except NonFiniteLossError as err:  # Diverged included: such weights are never saved
