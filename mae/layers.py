@@ -93,7 +93,8 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (with bias) and PyTorch's SDPA kernel."""
+    """Multi-head self-attention with a fused qkv projection (with bias); the kernel is ``attention``'s (SDPA, or the
+    explicit product for short bf16 sequences on the CPU)."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
