@@ -4,11 +4,14 @@ naming the flag, and nothing written. Flags and their types are read from the pa
 from __future__ import annotations
 
 import argparse
+import io
+import sys
 
 import pytest
 
 from mae.eval.cli import build_parser as eval_parser
 from mae.eval.cli import main as eval_main
+from mae.runtime.cli import run_command
 from mae.train.cli import build_parser as pretrain_parser
 from mae.train.cli import main as pretrain_main
 from mae.train.data.make_shards import build_parser as shards_parser
@@ -69,3 +72,26 @@ def test_every_command_is_covered():
     commands = {f"{c} {f}" for c, f, _ in (p.values for p in _cases())}
     assert {c.split()[0] for c in commands} == set(COMMANDS)
     assert len(commands) > 60 and shards_parser().prog == "mae-make-shards"
+
+
+def test_a_failing_command_writes_its_line_in_one_write(monkeypatch):
+    """All processes of a multi-process run print the same error at once: with the newline written separately
+    (print()), their lines ran into each other ("...raise --repeatmae-pretrain: error: ...")."""
+
+    class Recording(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return super().write(text)
+
+    err = Recording()
+    monkeypatch.setattr(sys, "stderr", err)
+
+    def body():
+        raise ValueError("no full batch")
+
+    assert run_command("mae-pretrain", body, lambda: "") == 2
+    assert err.writes == ["mae-pretrain: error: no full batch\n"]

@@ -179,5 +179,8 @@ def run_command(prog: str, body: Callable[[], object], next_step: Callable[[], s
         line, code = f"stopped: {err}", PREEMPTED_EXIT
     except KeyboardInterrupt:
         line, code = f"interrupted; {next_step()}", 130
-    print(f"{prog}: {line}", file=sys.stderr)
+    # One write, so that the processes of a multi-process run that all fail print whole lines (print() writes the
+    # newline separately, and their lines ran into each other).
+    sys.stderr.write(f"{prog}: {line}\n")
+    sys.stderr.flush()
     return code
