@@ -1,4 +1,4 @@
-"""Evidence for mae.eval: does MAE pretraining help on the built-in digits? One command (36 min on 2 busy cores).
+"""Evidence for mae.eval: does MAE pretraining help on the built-in digits? One command (13 min on 2 cores).
 
     python benchmarks/evaluate_digits.py [--seeds 0 1 2] [--out runs/evaluate_digits]
 
