@@ -18,14 +18,22 @@ So the epoch's batches are a pure function of ``(seed, epoch, world_size * batch
 continues exactly, and one process reproduces a multi-process run. ``start`` skips the first samples of the epoch's
 order (a run stopped mid-epoch, resumed on any number of processes: ``mae.train.data.loader``).
 
-Bad shards: a file that is not a tar, or is truncated (a member runs past the end of the file, or the end-of-archive
-marker is missing), stops the run at start-up with an error naming the shard. An image member that cannot be decoded
-stops the run when it is reached, naming the shard and the member. A FIFO, device or socket where a shard or the
-manifest should be is refused by its type before it is opened (opening a FIFO waits for a writer forever).
+Indexing: a ``mae-make-shards`` folder records where every image lies (``index.npy``, checked against its manifest:
+``manifest.read_index``), so start-up reads that one file and no shard; shards named directly (``.tar`` files, brace
+patterns, ``::`` lists) and folders converted before the index existed are indexed from their tar headers
+(``index_shard``), which the recorded index equals.
 
-Manifests (``read_manifest``): every key the reader uses is checked for presence and type, and every shard name must
-be a plain file name in the manifest's folder (no ``/``, no ``..``, no link leading out of the folder); each fault is
-one ValueError naming the manifest, the key and what was expected.
+Bad shards: a file that is not a tar, or is truncated (a member runs past the end of the file, or the end-of-archive
+marker is missing), stops the run at start-up with an error naming the shard when its headers are read; in a folder
+with an index, a truncated local shard is refused by its size and any other change by its checksum (below). An image
+member that cannot be decoded stops the run when it is reached, naming the shard and the member. A FIFO, device or
+socket where a shard or the manifest should be is refused by its type before it is opened (opening a FIFO waits for a
+writer forever).
+
+Manifests (``read_manifest``, ``read_index``; the ``manifest`` module gives the keys and the index file's layout):
+every key the reader uses is checked for presence and type, and every file name must be a plain file name in the
+manifest's folder (no ``/``, no ``..``, no link leading out of the folder); each fault is one ValueError naming the
+manifest (or the index file), the key and what was expected.
 
 Checksums: each shard of a manifest folder is hashed (SHA-256) and compared with the manifest once per run, during the
 run's first epoch, by exactly one reader: of the ``world_size * num_workers`` data-loader workers of all ranks, worker
@@ -37,8 +45,10 @@ checkpoint is written, naming the shard. Shards named directly (``.tar`` files, 
 
 Remote shards: ``--data`` may name any of the above by URL (``https://host/shards/`` for a manifest folder,
 ``https://host/train-{0000..0099}.tar``, ``s3://bucket/a.tar::s3://bucket/b.tar``). They are read by byte ranges
-through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): headers while indexing, then
-chunks of samples, never the whole data set onto local disk; their indexing runs on 16 threads at once.
+through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): at start-up the manifest and
+its index (two small files, whatever the number of shards), or every shard's headers where there is no index (16
+shards at once), then chunks of samples, never the whole data set onto local disk. A remote folder's shards are not
+opened at start-up: a missing one is named when a worker first reads it, a changed one by its checksum.
 
 Brace patterns are expanded lazily and refused as soon as they name more than ``MAX_SHARD_NAMES`` files, so
 ``{0..99999999}`` costs a fraction of a second, not gigabytes.
