@@ -275,13 +275,19 @@ def test_a_folder_without_an_index_is_read_from_its_headers(tmp_path):
     assert len(seen) == len(set(seen)) == 6 and set(seen) <= set(range(7))
 
 
+def forge_index(folder, data: bytes) -> None:
+    """Replace index.npy and record the new file's size and SHA-256 in the manifest (a consistent forgery)."""
+    (folder / "index.npy").write_bytes(data)
+    edit_manifest(folder, lambda m: m["index"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+
+
 def rewrite_index(folder, change):
-    """Change index.npy's rows and record the new file's size and SHA-256 in the manifest (a consistent forgery)."""
+    """Change index.npy's rows in place (``change(rows)``), then forge the manifest to match."""
     rows = np.load(folder / "index.npy")
     change(rows)
-    np.save(folder / "index.npy", rows)
-    data = (folder / "index.npy").read_bytes()
-    edit_manifest(folder, lambda m: m["index"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    forge_index(folder, buffer.getvalue())
 
 
 @pytest.mark.parametrize("tamper, fault", [
@@ -300,6 +306,9 @@ def rewrite_index(folder, change):
     (lambda f: rewrite_index(f, lambda rows: rows.__setitem__(slice(0, 2), rows[[1, 0]])),
      r"shards\[0\] \(shard-000000.tar\) has offsets that do not increase"),
     (lambda f: edit_manifest(f, lambda m: m["shards"][2].update(count=4)), r"it has 8 rows, expected 10, the sum"),
+    (lambda f: forge_index(f, b"not an array"), r"not a \.npy array .*expected one \(N, 2\) int64 array"),
+    (lambda f: forge_index(f, f.joinpath("index.npy").read_bytes().replace(b"<i8", b"<f8")),  # the header's dtype
+     r"an array float64 \(8, 2\), expected one \(N, 2\) int64 array"),
 ])
 def test_a_tampered_index_is_refused_naming_the_file(tmp_path, tamper, fault):
     """An index that does not match its manifest and shards would read the wrong bytes as images."""

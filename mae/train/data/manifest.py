@@ -197,7 +197,8 @@ def _load_rows(index: Path | str, data: bytes) -> np.ndarray:
         rows = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise _index_error(index, f"not a .npy array ({err})", "one (N, 2) int64 array") from None
-    if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.shape[1] != 2 or rows.dtype.kind != "i":
+    if (not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.shape[1] != 2 or rows.dtype.kind != "i"
+            or rows.dtype.itemsize != 8):  # int64 of either byte order (the header says which)
         raise _index_error(index, f"an array {getattr(rows, 'dtype', '?')} {getattr(rows, 'shape', '?')}",
                            "one (N, 2) int64 array")
     return rows.astype(np.int64)
