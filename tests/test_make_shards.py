@@ -189,7 +189,7 @@ def test_a_shard_left_without_images_is_not_written(tmp_path):
     manifest = make_shards(src, tmp_path / "out", shard_size=1, seed=0, max_side=N)
     assert manifest["num_samples"] == 1 and manifest["num_skipped"] == 2
     assert [entry["name"] for entry in manifest["shards"]] == ["shard-000000.tar"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "shard-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.npy", "manifest.json", "shard-000000.tar"]
 
 
 def test_an_unfinished_conversion_is_named_when_refused(mixed_folder, tmp_path, capsys):
@@ -211,7 +211,7 @@ def test_a_full_disk_is_one_line_and_says_what_is_left(mixed_folder, tmp_path, m
             raise OSError(28, "No space left on device", str(path))
         written.append(path)
         path.write_bytes(b"")  # a finished shard
-        return {"name": path.name}, 0, []
+        return make_shards_module._Shard({"name": path.name}, None, 0, [])
 
     monkeypatch.setattr(make_shards_module, "_write_shard", full_after_one)
     assert main([str(mixed_folder), str(tmp_path / "out"), "--shard-size", "2"]) == 1

@@ -20,7 +20,7 @@ from PIL import Image
 from mae.train.data import remote
 from mae.train.data.augment import MaskingSpec
 from mae.train.data.make_shards import main as make_shards
-from mae.train.data.shards import ShardSamples, is_shard_spec, resolve_shards
+from mae.train.data.shards import ShardSamples, is_shard_spec, read_index, resolve_shards
 from mae.train.report import read_metrics
 
 TINY = ["--model-override", "embed_dim=64", "--model-override", "depth=2", "--model-override", "num_heads=4",
@@ -29,11 +29,13 @@ TINY = ["--model-override", "embed_dim=64", "--model-override", "depth=2", "--mo
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Files under ``root`` with HTTP range requests; ``/flaky/...`` answers 503 to its first request of each path."""
+    """Files under ``root`` with HTTP range requests; ``/flaky/...`` answers 503 to its first request of each path.
+    ``requests`` lists the paths asked for, ``served`` the bytes of data each answer carried."""
 
     root: Path
     failed: set
     requests: list
+    served: list
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -65,12 +67,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
         self.wfile.write(data[start:end + 1])
+        self.served.append(end + 1 - start)
 
 
 @contextlib.contextmanager
 def serve(root: Path):
     """An HTTP server on 127.0.0.1 (port 0: a free one) in a thread, stopped when the block ends."""
-    handler = type("Handler", (_Handler,), {"root": root, "failed": set(), "requests": []})
+    handler = type("Handler", (_Handler,), {"root": root, "failed": set(), "requests": [], "served": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -126,6 +129,42 @@ def test_remote_shards_read_the_same_samples_as_local_ones(shards, fast_retries)
             assert (a == b).all() and (na == nb).all()
         # headers and samples were read by ranges: nothing asked for a whole shard in one request
         assert len(handler.requests) > 3
+
+
+@pytest.fixture
+def big_shards(tmp_path) -> Path:
+    """24 JPEGs of noise, about 190 KB each, in 3 shards of 8 (1.5 MB) under tmp_path/data/big: their headers lie
+    closer than the 1 MiB read-ahead, as on ImageNet (about 110 KB per JPEG)."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "src").mkdir()
+    for i in range(24):
+        noise = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / "src" / f"{i}.jpg", quality=95)
+    out = tmp_path / "data" / "big"
+    assert make_shards([str(tmp_path / "src"), str(out), "--shard-size", "8"]) == 0
+    return out
+
+
+def test_a_remote_folder_starts_with_its_index_not_its_headers(big_shards, fast_retries):
+    """Start-up on a remote folder read nearly every byte of it (one range per MiB, for the headers); with the
+    recorded index it reads the manifest and the index: 4 small requests, whatever the number of shards."""
+    with serve(big_shards.parent) as (base, handler):
+        folder = f"{base}/big/"
+        paths, manifest = resolve_shards(folder)
+        by_index = samples(paths, index=read_index(folder, manifest))
+        index_requests, index_bytes = list(handler.requests), sum(handler.served)
+        handler.requests.clear()
+        handler.served.clear()
+        by_headers = samples(paths)  # what start-up did before the index (and does for shards named directly)
+        header_requests, header_bytes = list(handler.requests), sum(handler.served)
+    data_bytes = sum(entry["size"] for entry in manifest["shards"])
+    measured = (f"index: {len(index_requests)} requests, {index_bytes} bytes; headers: {len(header_requests)} "
+                f"requests, {header_bytes} bytes; data set: {data_bytes} bytes")
+    assert data_bytes > 2 * remote.READ_AHEAD, measured  # bigger than the read-ahead: the comparison means something
+    assert index_requests == ["/big/manifest.json"] * 2 + ["/big/index.npy"] * 2, measured  # size, then content
+    assert index_bytes < 4096 and header_bytes > data_bytes / 2, measured
+    assert [(i.offsets.tolist(), i.sizes.tolist()) for i in by_index.index] == [
+        (i.offsets.tolist(), i.sizes.tolist()) for i in by_headers.index]
 
 
 def test_a_transient_failure_is_retried_and_a_404_names_its_url(shards, fast_retries, capsys):

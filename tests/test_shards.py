@@ -3,6 +3,7 @@ batches whatever the number of workers, and clear errors for bad shards."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -18,10 +19,11 @@ import torch
 from PIL import Image
 
 from mae.io.images import scan_image_folder
+from mae.train.data import shards as shards_module
 from mae.train.data.augment import MaskingSpec
 from mae.train.data.datasets import ImageFiles, PretrainSamples
 from mae.train.data.make_shards import main as make_shards
-from mae.train.data.shards import ShardSamples, expand_braces, is_shard_spec, resolve_shards
+from mae.train.data.shards import ShardSamples, expand_braces, index_shard, is_shard_spec, read_index, resolve_shards
 
 
 def solid_images(folder, n):
@@ -56,7 +58,7 @@ def test_make_shards_round_trip(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [s["count"] for s in manifest["shards"]] == [10, 10, 3] and manifest["num_samples"] == 23
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]  # no temp file left
+        "index.npy", "manifest.json", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]  # no temp file
     shards, found = resolve_shards(str(tmp_path / "out"))
     assert found == manifest and len(shards) == 3
     same, _ = resolve_shards(str(tmp_path / "out" / "shard-{000000..000002}.tar"))
@@ -237,6 +239,98 @@ def test_a_manifest_missing_a_key_is_named(tmp_path, change, key):
     with pytest.raises(ValueError, match=re.escape(f"key {key!r}")) as err:
         resolve_shards(str(folder))
     assert "manifest.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_recorded_index_is_what_the_headers_say(tmp_path, monkeypatch):
+    """mae-make-shards records each shard's index; the reader uses it and reads no tar header."""
+    folder = shard_folder(tmp_path, n=11, shard_size=4)
+    shards, manifest = resolve_shards(str(folder))
+    recorded = read_index(str(folder), manifest)
+    assert [(e["count"], e["skipped"]) for e in manifest["shards"]] == [(4, 0), (4, 0), (3, 0)]
+    for shard, index in zip(shards, recorded, strict=True):
+        scanned = index_shard(shard)
+        assert index.offsets.dtype == index.sizes.dtype == np.int64 and index.skipped == scanned.skipped == 0
+        assert (index.offsets == scanned.offsets).all() and (index.sizes == scanned.sizes).all()
+    by_headers = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=0)
+    monkeypatch.setattr(shards_module, "index_shard", lambda path: pytest.fail(f"{path}'s headers were read"))
+    by_index = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=0, index=recorded)
+    assert [by_index.source(i)[0] for i in range(11)] == [by_headers.source(i)[0] for i in range(11)]
+
+
+def test_a_folder_without_an_index_is_read_from_its_headers(tmp_path):
+    """Folders converted before the index existed (no 'index' key, no 'skipped') keep working: headers are read."""
+    folder = shard_folder(tmp_path, n=7, shard_size=3)
+    recorded = read_index(str(folder), resolve_shards(str(folder))[1])
+    (folder / "index.npy").unlink()
+    edit_manifest(folder, lambda m: [m.pop("index")] + [entry.pop("skipped") for entry in m["shards"]])
+    shards, manifest = resolve_shards(str(folder))
+    assert read_index(str(folder), manifest) is None
+    data = ShardSamples(shards, img_size=8, noise=MaskingSpec(4), seed=0, index=None)
+    assert data.num_images == 7 and data.skipped == 0
+    assert all((a.offsets == b.offsets).all() and (a.sizes == b.sizes).all()
+               for a, b in zip(data.index, recorded, strict=True))
+    data.split(rank=0, world_size=1, batch_size=2)
+    data.set_epoch(0)
+    seen = [identity(img) for img, _ in data]  # 3 batches of 2: one image is left out
+    assert len(seen) == len(set(seen)) == 6 and set(seen) <= set(range(7))
+
+
+def forge_index(folder, data: bytes) -> None:
+    """Replace index.npy and record the new file's size and SHA-256 in the manifest (a consistent forgery)."""
+    (folder / "index.npy").write_bytes(data)
+    edit_manifest(folder, lambda m: m["index"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+
+
+def rewrite_index(folder, change):
+    """Change index.npy's rows in place (``change(rows)``), then forge the manifest to match."""
+    rows = np.load(folder / "index.npy")
+    change(rows)
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    forge_index(folder, buffer.getvalue())
+
+
+@pytest.mark.parametrize("tamper, fault", [
+    (lambda f: f.joinpath("index.npy").write_bytes(f.joinpath("index.npy").read_bytes()[:-8] + bytes(8)),
+     r"its SHA-256 is [0-9a-f]{64}, expected [0-9a-f]{64} \(manifest.json's index.sha256\)"),
+    (lambda f: f.joinpath("index.npy").write_bytes(f.joinpath("index.npy").read_bytes() + bytes(16)),
+     r"the file has \d+ bytes, expected \d+ bytes"),
+    (lambda f: rewrite_index(f, lambda rows: rows.__setitem__((4, 0), 10**6)),
+     r"shards\[1\] \(shard-000001.tar\) has an offset outside the shard, expected offsets within its 10240 bytes"),
+    (lambda f: rewrite_index(f, lambda rows: rows.__setitem__((2, 1), 10**4)),
+     r"shards\[0\] \(shard-000000.tar\) has an image that runs past the shard's end"),
+    (lambda f: rewrite_index(f, lambda rows: rows.__setitem__((1, 0), 550)),
+     r"shards\[0\] \(shard-000000.tar\) has images that overlap"),
+    (lambda f: rewrite_index(f, lambda rows: rows.__setitem__((0, 1), -1)),
+     r"shards\[0\] \(shard-000000.tar\) has a negative image size"),
+    (lambda f: rewrite_index(f, lambda rows: rows.__setitem__(slice(0, 2), rows[[1, 0]])),
+     r"shards\[0\] \(shard-000000.tar\) has offsets that do not increase"),
+    (lambda f: edit_manifest(f, lambda m: m["shards"][2].update(count=4)), r"it has 8 rows, expected 10, the sum"),
+    (lambda f: forge_index(f, b"not an array"), r"not a \.npy array .*expected one \(N, 2\) int64 array"),
+    (lambda f: forge_index(f, f.joinpath("index.npy").read_bytes().replace(b"<i8", b"<f8")),  # the header's dtype
+     r"an array float64 \(8, 2\), expected one \(N, 2\) int64 array"),
+])
+def test_a_tampered_index_is_refused_naming_the_file(tmp_path, tamper, fault):
+    """An index that does not match its manifest and shards would read the wrong bytes as images."""
+    folder = shard_folder(tmp_path, n=8, shard_size=3)
+    tamper(folder)
+    shards, manifest = resolve_shards(str(folder))
+    with pytest.raises(ValueError, match=re.escape(repr(str(folder / "index.npy"))) + ": " + fault) as err:
+        read_index(str(folder), manifest)
+    assert str(err.value).endswith("convert the folder again") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda m: m["index"].pop("sha256"), "index.sha256"),
+    (lambda m: m["index"].update(name="../index.npy"), "index.name"),
+    (lambda m: m["shards"][1].pop("count"), "shards[1].count"),
+    (lambda m: m["shards"][0].update(skipped=-1), "shards[0].skipped"),
+])
+def test_a_bad_index_entry_is_named(tmp_path, change, key):
+    folder = shard_folder(tmp_path)
+    edit_manifest(folder, change)
+    with pytest.raises(ValueError, match=re.escape(f"manifest.json': key {key!r}")):
+        read_index(str(folder), resolve_shards(str(folder))[1])
 
 
 @pytest.mark.parametrize("name", ["../x.tar", "/etc/passwd", "sub/shard.tar", "..", "link.tar"])

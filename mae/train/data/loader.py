@@ -32,7 +32,7 @@ from ...config import IMAGENET_MEAN, IMAGENET_STD
 from ...io.images import scan_image_folder
 from .augment import MaskingSpec, center_view, collate_samples, finish_batch, normalize_on_device
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, skimage_photos
-from .shards import ShardSamples, is_shard_spec, resolve_shards
+from .shards import ShardSamples, is_shard_spec, read_index, resolve_shards
 
 __all__ = ["DECODE_DEVICES", "Batches", "GlobalOrder", "RunData", "build_data", "build_loader", "data_seed",
            "decode_device_of", "normalize_on_device"]
@@ -66,11 +66,13 @@ def build_data(config) -> RunData:
     elif is_shard_spec(str(config.data)):
         shards, manifest = resolve_shards(str(config.data))
         checksums = None if manifest is None else [entry["sha256"] for entry in manifest["shards"]]
-        dataset = ShardSamples(shards, **samples, sha256=checksums)
+        index = None if manifest is None else read_index(str(config.data), manifest)  # None: read the headers
+        dataset = ShardSamples(shards, **samples, sha256=checksums, index=index)
         views = dataset.figure_images(8)
         caption = f"training images from {config.data}"
         description = {"source": str(config.data), "format": "tar shards", "num_shards": len(shards),
-                       "manifest": manifest is not None, "num_skipped": dataset.skipped}
+                       "manifest": manifest is not None, "recorded_index": index is not None,
+                       "num_skipped": dataset.skipped}
     else:
         paths, skipped = scan_image_folder(config.data)
         images = ImageFiles(paths)

@@ -6,8 +6,11 @@
 The images are those ``mae-pretrain --data SRC_DIR`` would train on (unreadable files skipped and counted), shuffled
 with ``--seed`` so that neighbours in a shard come from all over the folder (class folders are mixed), and stored
 unchanged (no re-encoding) as ``00000042.jpg`` members of ``shard-000000.tar``, ``shard-000001.tar``, ... Each shard
-is written under a temporary name and renamed when complete; ``manifest.json`` (shard names, image counts, sizes,
-SHA-256) is written last, so a folder with a manifest is complete. OUT_DIR must be new or empty: nothing is replaced.
+is written under a temporary name and renamed when complete. ``index.npy`` then records where every image lies in its
+shard (byte offset and size, as the reader's header scan finds them), so that ``mae-pretrain`` reads that one small
+file at start-up instead of every tar header (``manifest``'s docstring). ``manifest.json`` (shard names, image counts,
+sizes, SHA-256, and the index's size and SHA-256) is written last, so a folder with a manifest is complete. OUT_DIR
+must be new or empty: nothing is replaced.
 
 ``--max-side N`` down-scales large photos once, instead of decoding their megapixels again every epoch (on big
 photos, reading the whole JPEG bounds the training pipeline whatever its DCT scaling). An image whose shorter side
@@ -44,6 +47,7 @@ import tarfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,7 +56,8 @@ from ...io.atomic import atomic_write, write_json
 from ...io.images import UnreadableImageError, decode_rgb, read_header, scan_image_folder
 from ...runtime.cli import run_command
 from . import augment
-from .shards import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, file_sha256, index_shard
+from .manifest import INDEX_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ShardIndex, index_rows
+from .shards import file_sha256, index_shard
 
 __all__ = ["JPEG_QUALITY", "MIN_MAX_SIDE", "build_parser", "check_max_side", "main", "make_shards", "shrink_image"]
 
@@ -139,32 +144,58 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
         print(f"mae-make-shards: {w.message}", file=sys.stderr)
     files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries, num_resized, undecodable = [], 0, []
+    entries, indexes, num_resized, undecodable = [], [], 0, []
     for first in range(0, len(files), shard_size):
         name = f"shard-{len(entries):06d}.tar"
-        entry, resized, bad = _write_shard(out_dir / name, files[first:first + shard_size], first, max_side)
-        entries += [entry] if entry is not None else []  # None: every image of this shard was undecodable
-        num_resized += resized
-        undecodable += bad
+        shard = _write_shard(out_dir / name, files[first:first + shard_size], first, max_side)
+        if shard.entry is not None:  # None: every image of this shard was undecodable
+            entries.append(shard.entry)
+            indexes.append(shard.index)
+        num_resized += shard.resized
+        undecodable += shard.undecodable
     if undecodable:
         print(f"mae-make-shards: skipped {len(undecodable)} image file(s) that could not be decoded for --max-side "
               f"(e.g. {', '.join(undecodable[:3])})", file=sys.stderr)
     manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "source": str(src), "seed": seed,
                 "num_samples": len(files) - len(undecodable), "num_skipped": len(skipped) + len(undecodable),
-                "max_side": max_side, "num_resized": num_resized, "shards": entries}
+                "max_side": max_side, "num_resized": num_resized, "shards": entries,
+                "index": _write_index(out_dir / INDEX_FILE, indexes)}
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _write_index(path: Path, indexes: list[ShardIndex]) -> dict:
+    """Write the shards' index (``manifest``'s module docstring: one (N, 2) int64 .npy) and return its manifest
+    entry: ``name``, ``size`` (bytes) and ``sha256``."""
+    entry: dict = {"name": path.name}
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as f:  # np.save on a path would append ".npy" to the temporary name
+            np.save(f, index_rows(indexes), allow_pickle=False)
+        with open(temp, "rb") as f:
+            entry.update(size=temp.stat().st_size, sha256=file_sha256(f))
+
+    atomic_write(path, write)
+    return entry
 
 
 class _EmptyShard(Exception):
     """Every image of a shard was skipped: its temporary file is removed and no shard is written."""
 
 
-def _write_shard(path: Path, files: Sequence[Path], first_key: int,
-                 max_side: int | None) -> tuple[dict | None, int, list[str]]:
-    """Write one shard. Returns its manifest entry (None if no image was left), how many of its images were
-    re-encoded smaller, and the names of those skipped because they could not be decoded."""
+class _Shard(NamedTuple):
+    """What writing one shard produced."""
+
+    entry: dict | None  # its manifest entry (name, count, skipped, size, sha256); None if no image was left
+    index: ShardIndex | None  # where its images lie, as the reader's index_shard finds them
+    resized: int  # images re-encoded smaller (--max-side)
+    undecodable: list[str]  # names of the images skipped because they could not be decoded
+
+
+def _write_shard(path: Path, files: Sequence[Path], first_key: int, max_side: int | None) -> _Shard:
+    """Write one shard and read its index back from the written file."""
     entry: dict = {"name": path.name}
+    found: list[ShardIndex] = []
     resized, undecodable = 0, []
 
     def write(temp: Path) -> None:
@@ -186,18 +217,21 @@ def _write_shard(path: Path, files: Sequence[Path], first_key: int,
         expected = len(files) - len(undecodable)
         if expected == 0:
             raise _EmptyShard
-        count = len(index_shard(temp).offsets)  # read back: every image is where the reader will look for it
+        # Read back with the reader's own header scan: the recorded index is, by construction, what index_shard
+        # finds, and every image is where the reader will look for it.
+        found.append(index_shard(temp))
+        count = len(found[0].offsets)
         if count != expected:
             raise ValueError(f"shard {str(path)!r}: wrote {expected} images but reads back {count}")
         with open(temp, "rb") as f:
             digest = file_sha256(f)
-        entry.update(count=count, size=temp.stat().st_size, sha256=digest)
+        entry.update(count=count, skipped=found[0].skipped, size=temp.stat().st_size, sha256=digest)
 
     try:
         atomic_write(path, write)  # a temporary name in the same folder, fsync'ed, renamed; removed on any error
     except _EmptyShard:
-        return None, resized, undecodable
-    return entry, resized, undecodable
+        return _Shard(None, None, resized, undecodable)
+    return _Shard(entry, found[0], resized, undecodable)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,14 +18,22 @@ So the epoch's batches are a pure function of ``(seed, epoch, world_size * batch
 continues exactly, and one process reproduces a multi-process run. ``start`` skips the first samples of the epoch's
 order (a run stopped mid-epoch, resumed on any number of processes: ``mae.train.data.loader``).
 
-Bad shards: a file that is not a tar, or is truncated (a member runs past the end of the file, or the end-of-archive
-marker is missing), stops the run at start-up with an error naming the shard. An image member that cannot be decoded
-stops the run when it is reached, naming the shard and the member. A FIFO, device or socket where a shard or the
-manifest should be is refused by its type before it is opened (opening a FIFO waits for a writer forever).
+Indexing: a ``mae-make-shards`` folder records where every image lies (``index.npy``, checked against its manifest:
+``manifest.read_index``), so start-up reads that one file and no shard; shards named directly (``.tar`` files, brace
+patterns, ``::`` lists) and folders converted before the index existed are indexed from their tar headers
+(``index_shard``), which the recorded index equals.
 
-Manifests (``read_manifest``): every key the reader uses is checked for presence and type, and every shard name must
-be a plain file name in the manifest's folder (no ``/``, no ``..``, no link leading out of the folder); each fault is
-one ValueError naming the manifest, the key and what was expected.
+Bad shards: a file that is not a tar, or is truncated (a member runs past the end of the file, or the end-of-archive
+marker is missing), stops the run at start-up with an error naming the shard when its headers are read; in a folder
+with an index, a truncated local shard is refused by its size and any other change by its checksum (below). An image
+member that cannot be decoded stops the run when it is reached, naming the shard and the member. A FIFO, device or
+socket where a shard or the manifest should be is refused by its type before it is opened (opening a FIFO waits for a
+writer forever).
+
+Manifests (``read_manifest``, ``read_index``; the ``manifest`` module gives the keys and the index file's layout):
+every key the reader uses is checked for presence and type, and every file name must be a plain file name in the
+manifest's folder (no ``/``, no ``..``, no link leading out of the folder); each fault is one ValueError naming the
+manifest (or the index file), the key and what was expected.
 
 Checksums: each shard of a manifest folder is hashed (SHA-256) and compared with the manifest once per run, during the
 run's first epoch, by exactly one reader: of the ``world_size * num_workers`` data-loader workers of all ranks, worker
@@ -37,8 +45,10 @@ checkpoint is written, naming the shard. Shards named directly (``.tar`` files, 
 
 Remote shards: ``--data`` may name any of the above by URL (``https://host/shards/`` for a manifest folder,
 ``https://host/train-{0000..0099}.tar``, ``s3://bucket/a.tar::s3://bucket/b.tar``). They are read by byte ranges
-through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): headers while indexing, then
-chunks of samples, never the whole data set onto local disk; their indexing runs on 16 threads at once.
+through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): at start-up the manifest and
+its index (two small files, whatever the number of shards), or every shard's headers where there is no index (16
+shards at once), then chunks of samples, never the whole data set onto local disk. A remote folder's shards are not
+opened at start-up: a missing one is named when a worker first reads it, a changed one by its checksum.
 
 Brace patterns are expanded lazily and refused as soon as they name more than ``MAX_SHARD_NAMES`` files, so
 ``{0..99999999}`` costs a fraction of a second, not gigabytes.
@@ -48,14 +58,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import re
 import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import numpy as np
 from torch import Tensor
@@ -64,16 +73,14 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..._checks import check_regular_file
 from ...io.images import IMAGE_EXTENSIONS, UnreadableImageError
 from .augment import MaskingSpec, augment_sample
-from .remote import is_url, open_url, read_url
+from .manifest import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, ShardIndex, read_index, read_manifest
+from .remote import is_url, open_url
 
 __all__ = ["CHUNK", "MANIFEST_FILE", "MANIFEST_FORMAT", "MANIFEST_VERSION", "MAX_SHARD_NAMES", "ShardIndex",
            "ShardSamples", "expand_braces", "file_sha256", "index_shard", "is_shard_spec", "open_shard",
-           "read_manifest", "resolve_shards"]
+           "read_index", "read_manifest", "resolve_shards"]
 
 CHUNK = 16  # samples read in one sequential run (16 ImageNet JPEGs: ~2 MB)
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "mae-pytorch image shards"
-MANIFEST_VERSION = 1
 MAX_SHARD_NAMES = 100_000  # 10^5 shards of 1000 images: 75x ImageNet-1k; beyond that a pattern is a typo
 _MAX_DIGITS = 18  # a range bound longer than this is no shard number (and int() of 4300+ digits refuses itself)
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -136,97 +143,6 @@ def _has_manifest(data: str) -> bool:
         return False
 
 
-def _manifest_error(manifest: Path, key: str, expected: str, got: object) -> ValueError:
-    shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
-    return ValueError(f"{str(manifest)!r}: key {key!r} must be {expected}, got {shown}; this folder's manifest was not "
-                      "written by mae-make-shards or was edited since: convert the images again")
-
-
-def _manifest_value(manifest: Path, entry: dict, key: str, where: str, kind: type, expected: str) -> object:
-    if key not in entry:
-        raise _manifest_error(manifest, where + key, expected, "nothing (the key is missing)")
-    value = entry[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise _manifest_error(manifest, where + key, expected, value)
-    return value
-
-
-def _shard_path(folder: Path | str, manifest: Path | str, name: object, key: str) -> Path | str:
-    """``folder / name`` for a plain file name whose target (links followed) stays inside ``folder`` (a URL folder:
-    the name appended)."""
-    expected = "a plain file name inside the manifest's folder (no '/', '\\' or '..')"
-    if (not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0")
-            or Path(name).is_absolute()):
-        raise _manifest_error(manifest, key, expected, name)
-    if isinstance(folder, str):
-        return folder + name
-    path = folder / name
-    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-        raise _manifest_error(manifest, key, f"{expected}; it is a link to {str(path.resolve())!r}, outside the folder",
-                              name)
-    return path
-
-
-def read_manifest(folder: str | Path) -> tuple[list[Path], dict]:
-    """The shard paths a ``mae-make-shards`` folder lists, and its manifest, checked (see the module docstring).
-
-    Only what the reader relies on is checked: ``format``, ``version``, and per shard ``name``, ``size`` (bytes) and
-    ``sha256``; other keys (``count``, ``source``, ...) are informational.
-
-    ``folder`` may be a URL (``https://host/shards/``): its ``manifest.json`` is read from there and the shards are
-    named by URL; their existence and size are then checked when they are indexed.
-
-    Raises:
-        ValueError: not our manifest, a key missing or of the wrong type, a name that leaves the folder, a shard whose
-            size differs from its entry, or a manifest or shard that is a FIFO, device or socket.
-        FileNotFoundError: a listed shard is missing.
-    """
-    remote = is_url(str(folder))
-    folder = str(folder).rstrip("/") + "/" if remote else Path(folder)
-    manifest = folder + MANIFEST_FILE if remote else folder / MANIFEST_FILE
-    if not remote:
-        check_regular_file(manifest, "manifest")
-    try:
-        content = json.loads(read_url(manifest) if remote else manifest.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(manifest)!r} is not valid JSON ({err}); convert the images again") from None
-    if not isinstance(content, dict) or content.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"--data {str(folder)!r}: {MANIFEST_FILE} there was not written by mae-make-shards "
-                         f"(expected a JSON object with \"format\": \"{MANIFEST_FORMAT}\")")
-    version = _manifest_value(manifest, content, "version", "", int, f"the number {MANIFEST_VERSION}")
-    if version != MANIFEST_VERSION:
-        raise _manifest_error(manifest, "version", f"{MANIFEST_VERSION} (a newer mae-pytorch may read it)", version)
-    entries = _manifest_value(manifest, content, "shards", "", list, "a non-empty list of shard entries")
-    if not entries:
-        raise _manifest_error(manifest, "shards", "a non-empty list of shard entries", entries)
-    paths: list[Path | str] = []
-    for i, entry in enumerate(entries):
-        where = f"shards[{i}]."
-        if not isinstance(entry, dict):
-            raise _manifest_error(manifest, f"shards[{i}]", "an object with name, size and sha256", entry)
-        path = _shard_path(folder, manifest, _manifest_value(manifest, entry, "name", where, str, "a file name"),
-                           where + "name")
-        if path in paths:
-            raise _manifest_error(manifest, where + "name", "a name no other entry has", entry["name"])
-        size = _manifest_value(manifest, entry, "size", where, int, "a number of bytes >= 0")
-        digest = _manifest_value(manifest, entry, "sha256", where, str, "64 hexadecimal digits")
-        if size < 0:
-            raise _manifest_error(manifest, where + "size", "a number of bytes >= 0", size)
-        if not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise _manifest_error(manifest, where + "sha256", "64 lower-case hexadecimal digits", digest)
-        if remote:
-            paths.append(path)
-            continue
-        check_regular_file(path, "shard")
-        if not path.is_file():
-            raise FileNotFoundError(f"--data {str(folder)!r}: shard {str(path)!r} listed in {MANIFEST_FILE} is missing")
-        if path.stat().st_size != size:
-            raise ValueError(f"shard {str(path)!r} has {path.stat().st_size} bytes, its manifest says {size}: "
-                             "truncated or replaced; convert the folder again")
-        paths.append(path)
-    return paths, content
-
-
 def resolve_shards(data: str) -> tuple[list[Path | str], dict | None]:
     """The shard files ``--data`` names, and the manifest when they come from one ``mae-make-shards`` folder.
 
@@ -260,14 +176,6 @@ def file_sha256(f: BinaryIO) -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
     return digest.hexdigest()
-
-
-class ShardIndex(NamedTuple):
-    """Where each sample's image lies in one shard, in file order."""
-
-    offsets: np.ndarray  # (n,) int64 byte offset of the image data
-    sizes: np.ndarray  # (n,) int64 bytes
-    skipped: int  # samples (keys) without an image member
 
 
 def _key(member_name: str) -> str:
@@ -357,16 +265,20 @@ class ShardSamples(IterableDataset):
     """Training samples streamed from tar shards: ``(image uint8 (3, S, S), masking noise (L,))`` (see module doc).
 
     Call ``split(rank, world_size, batch_size)`` before iterating (``build_loader`` does) and ``set_epoch`` before
-    each epoch. Indexing happens here, once, in the main process: every shard's headers are read.
+    each epoch. Indexing happens here, once, in the main process: from ``index`` when given (a folder's recorded
+    index, ``read_index``), else by reading every shard's tar headers (``index_shard``).
 
     Args:
+        index: where each shard's images lie, one ``ShardIndex`` per shard (``read_index``), or None to read the
+            shards' headers.
         sha256: each shard's expected SHA-256 (hex), or None where unknown; checked once per run during the first
             epoch, each shard by one reader (module docstring).
         encoded: leave JPEGs encoded for the training device (``augment_sample``'s ``encoded``).
     """
 
     def __init__(self, shards: list[Path | str], *, img_size: int, noise: MaskingSpec, seed: int, repeat: int = 1,
-                 sha256: Sequence[str | None] | None = None, encoded: bool = False) -> None:
+                 sha256: Sequence[str | None] | None = None, index: Sequence[ShardIndex] | None = None,
+                 encoded: bool = False) -> None:
         if repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {repeat!r}")
         if not shards:
@@ -376,8 +288,7 @@ class ShardSamples(IterableDataset):
         if len(self.sha256) != len(self.shards):
             raise ValueError(f"sha256 must give one checksum (or None) per shard: {len(self.shards)}, got "
                              f"{len(self.sha256)}")
-        with ThreadPoolExecutor(max_workers=16) as pool:  # remote shards: their headers are read concurrently
-            self.index = list(pool.map(index_shard, self.shards))
+        self.index = self._index_of(index)
         self.skipped = sum(i.skipped for i in self.index)
         if self.skipped:
             warnings.warn(f"{self.skipped} sample(s) in the shards have no image member and were skipped", stacklevel=2)
@@ -393,6 +304,16 @@ class ShardSamples(IterableDataset):
         self.epoch, self.rank, self.world_size, self.batch_size = 0, 0, 1, 1
         self.start = 0  # samples of the epoch's order already used (a resumed epoch)
         self.first_epoch: int | None = None  # the run's first epoch, when the checksums are verified
+
+    def _index_of(self, index: Sequence[ShardIndex] | None) -> list[ShardIndex]:
+        """The given index (one entry per shard), or the shards' headers read, 16 shards at a time."""
+        if index is not None:
+            if len(index) != len(self.shards):
+                raise ValueError(f"index must locate the images of each shard: {len(self.shards)} shard(s), got "
+                                 f"{len(index)} entries")
+            return list(index)
+        with ThreadPoolExecutor(max_workers=16) as pool:  # remote shards: their headers are read concurrently
+            return list(pool.map(index_shard, self.shards))
 
     @property
     def num_images(self) -> int:
