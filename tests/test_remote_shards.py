@@ -147,7 +147,7 @@ def big_shards(tmp_path) -> Path:
 
 def test_a_remote_folder_starts_with_its_index_not_its_headers(big_shards, fast_retries):
     """Start-up on a remote folder read nearly every byte of it (one range per MiB, for the headers); with the
-    recorded index it reads the manifest and the index: 4 small requests, whatever the number of shards."""
+    recorded index it reads the manifest and the index (4 small requests) and probes each shard's size."""
     with serve(big_shards.parent) as (base, handler):
         folder = f"{base}/big/"
         paths, manifest = resolve_shards(folder)
@@ -161,10 +161,27 @@ def test_a_remote_folder_starts_with_its_index_not_its_headers(big_shards, fast_
     measured = (f"index: {len(index_requests)} requests, {index_bytes} bytes; headers: {len(header_requests)} "
                 f"requests, {header_bytes} bytes; data set: {data_bytes} bytes")
     assert data_bytes > 2 * remote.READ_AHEAD, measured  # bigger than the read-ahead: the comparison means something
-    assert index_requests == ["/big/manifest.json"] * 2 + ["/big/index.npy"] * 2, measured  # size, then content
+    probes = [f"/big/{entry['name']}" for entry in manifest["shards"]]  # one each, concurrently: any order
+    assert index_requests[:2] == ["/big/manifest.json"] * 2, measured  # its size, then its content
+    assert sorted(index_requests[2:-2]) == probes and index_requests[-2:] == ["/big/index.npy"] * 2, measured
     assert index_bytes < 4096 and header_bytes > data_bytes / 2, measured
     assert [(i.offsets.tolist(), i.sizes.tolist()) for i in by_index.index] == [
         (i.offsets.tolist(), i.sizes.tolist()) for i in by_headers.index]
+
+
+def test_a_missing_or_truncated_remote_shard_stops_the_start_up_naming_its_url(shards, fast_retries):
+    """A remote folder's shards are probed at start-up, as local ones are looked at: a missing one or one whose size
+    is not its manifest's stops before any training, naming its URL (not when a loader worker first reads it)."""
+    missing, truncated = shards / "shard-000001.tar", shards / "shard-000002.tar"
+    with serve(shards.parent) as (base, handler):
+        missing.rename(shards / "elsewhere.tar")
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{base}/shards/shard-000001.tar") + " does not exist"):
+            resolve_shards(f"{base}/shards/")
+        (shards / "elsewhere.tar").rename(missing)
+        truncated.write_bytes(truncated.read_bytes()[:-1024])
+        with pytest.raises(ValueError, match=re.escape(f"shard '{base}/shards/shard-000002.tar' has ") + r"\d+ bytes, "
+                           r"its manifest says \d+: truncated or replaced"):
+            resolve_shards(f"{base}/shards/")
 
 
 def test_a_transient_failure_is_retried_and_a_404_names_its_url(shards, fast_retries, capsys):

@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +48,7 @@ MANIFEST_FORMAT = "mae-pytorch image shards"
 MANIFEST_VERSION = 1  # the index is an optional key: older manifests stay readable, so the version is unchanged
 INDEX_FILE = "index.npy"
 _NO_OVERFLOW = 1 << 62  # offsets and sizes below this sum without overflowing int64
+_PROBES = 16  # remote shards whose size is asked for at once at start-up
 
 
 class ShardIndex(NamedTuple):
@@ -117,8 +119,8 @@ def read_manifest(folder: str | Path) -> tuple[list[Path | str], dict]:
     Only what the reader relies on is checked here: ``format``, ``version``, and per shard ``name``, ``size`` (bytes)
     and ``sha256``; the index and the keys it needs are checked by ``read_index``.
 
-    ``folder`` may be a URL (``https://host/shards/``): its ``manifest.json`` is read from there and the shards are
-    named by URL; their existence and size are then checked when they are first read.
+    ``folder`` may be a URL (``https://host/shards/``): its ``manifest.json`` is read from there, the shards are named
+    by URL and their existence and size are checked by one size probe each (``_PROBES`` at once).
 
     Raises:
         ValueError: not our manifest, a key missing or of the wrong type, a name that leaves the folder, a shard whose
@@ -143,6 +145,7 @@ def read_manifest(folder: str | Path) -> tuple[list[Path | str], dict]:
     if not entries:
         raise _manifest_error(manifest, "shards", "a non-empty list of shard entries", entries)
     paths: list[Path | str] = []
+    sizes: list[int] = []
     for i, entry in enumerate(entries):
         path, size, _ = _file_entry(folder, manifest, entry, f"shards[{i}].")
         if path in paths:
@@ -150,6 +153,9 @@ def read_manifest(folder: str | Path) -> tuple[list[Path | str], dict]:
         if not remote:
             _check_local_shard(path, size, folder)
         paths.append(path)
+        sizes.append(size)
+    if remote:
+        _check_remote_shards(paths, sizes)
     return paths, content
 
 
@@ -161,6 +167,26 @@ def _check_local_shard(path: Path, size: int, folder: Path) -> None:
     if path.stat().st_size != size:
         raise ValueError(f"shard {str(path)!r} has {path.stat().st_size} bytes, its manifest says {size}: "
                          "truncated or replaced; convert the folder again")
+
+
+def _check_remote_shards(urls: list[str], sizes: list[int]) -> None:
+    """Every listed remote shard exists and has the size its entry says, so that a missing, truncated or replaced
+    shard stops the run at start-up, as a local one does: one size probe per shard, ``_PROBES`` at once.
+
+    Raises:
+        FileNotFoundError: a shard does not exist (naming its URL).
+        ValueError: a shard's size differs from its entry.
+    """
+    def size_of(url: str) -> int:
+        with open_url(url) as f:
+            return f.size
+
+    with ThreadPoolExecutor(max_workers=_PROBES) as pool:
+        found = list(pool.map(size_of, urls))
+    for url, size, got in zip(urls, sizes, found, strict=True):
+        if got != size:
+            raise ValueError(f"shard {url!r} has {got} bytes, its manifest says {size}: truncated or replaced; "
+                             "convert the folder again")
 
 
 def index_rows(indexes: list[ShardIndex]) -> np.ndarray:

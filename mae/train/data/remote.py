@@ -3,12 +3,12 @@
 
 Access pattern: a remote shard is read by ranges, never downloaded whole and never written to local disk.
 ``RemoteFile`` is a read-only, seekable file whose reads are served from a read-ahead buffer of ``READ_AHEAD`` bytes
-(one range request fills it). At start-up a ``mae-make-shards`` folder costs four requests, whatever its size: the
-manifest and its index file, each a size probe then one read (``manifest.read_index``); shards without a recorded
-index (named directly, or converted before the index existed) are indexed by reading their tar headers through it
-(one request per header, or per ``READ_AHEAD`` bytes where headers lie closer than that: on ImageNet-sized JPEGs,
-nearly the whole data set). A worker reading a chunk of consecutive samples makes one request per ``READ_AHEAD``
-bytes. ``http(s)`` servers must answer range requests (``206 Partial Content``); a server
+(one range request fills it). At start-up a ``mae-make-shards`` folder costs four requests for the manifest and its
+index file, each a size probe then one read (``manifest.read_index``), and one size probe per shard; shards without a
+recorded index (named directly, or converted before the index existed) are indexed by reading their tar headers
+through it (one request per header, or per ``READ_AHEAD`` bytes where headers lie closer than that: on ImageNet-sized
+JPEGs, nearly the whole data set). A worker reading a chunk of consecutive samples makes one request per
+``READ_AHEAD`` bytes. ``http(s)`` servers must answer range requests (``206 Partial Content``); a server
 that does not is refused by name.
 
 Errors: a transient failure (connection refused or reset, a timeout, HTTP 429 or 5xx, a short read) is retried

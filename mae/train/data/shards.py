@@ -45,10 +45,11 @@ checkpoint is written, naming the shard. Shards named directly (``.tar`` files, 
 
 Remote shards: ``--data`` may name any of the above by URL (``https://host/shards/`` for a manifest folder,
 ``https://host/train-{0000..0099}.tar``, ``s3://bucket/a.tar::s3://bucket/b.tar``). They are read by byte ranges
-through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): at start-up the manifest and
-its index (two small files, whatever the number of shards), or every shard's headers where there is no index (16
-shards at once), then chunks of samples, never the whole data set onto local disk. A remote folder's shards are not
-opened at start-up: a missing one is named when a worker first reads it, a changed one by its checksum.
+through ``remote.RemoteFile`` (its docstring gives the read-ahead, retries and errors): at start-up the manifest, its
+index (two small files) and one size probe per shard (``manifest.read_manifest``: a missing, truncated or replaced
+shard stops the run there, naming its URL), or every shard's headers where there is no index (16 shards at once), then
+chunks of samples, never the whole data set onto local disk; a changed shard of the same size is found by its
+checksum.
 
 Brace patterns are expanded lazily and refused as soon as they name more than ``MAX_SHARD_NAMES`` files, so
 ``{0..99999999}`` costs a fraction of a second, not gigabytes.
