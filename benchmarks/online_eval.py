@@ -59,7 +59,7 @@ def run(setting: str, seed: int, out: Path, digits: Path, extra: list[str]) -> d
     cmd = [sys.executable, "-m", "mae.train", *data, *SETTINGS[setting], *extra, "--seed", str(seed), "--name", name,
            "--output-dir", str(out / "runs"), "--no-progress", "--num-workers", "1"]
     print(" ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True)  # a failed run raises CalledProcessError (main says which, in one line)
     records = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     epoch_seconds = {r["epoch"]: r["seconds"] for r in records if r.get("kind") == "epoch"}
     evals = [{"epoch": r["epoch"], "knn_top1": r["knn_top1"], "recon_psnr": r["recon_psnr"], "seconds": r["seconds"],
@@ -99,9 +99,16 @@ def table(rows: list[dict], setting: str) -> str:
     return "\n".join(lines)
 
 
+def _seed(text: str) -> int:
+    """A ``--seeds`` value: a whole number >= 0, as mae-pretrain's --seed takes."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a seed must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--out", default="runs/online_eval")
     parser.add_argument("--smoke", action="store_true", help="one short digits run (" + " ".join(SMOKE_ARGS) + ")")
@@ -115,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     digits = write_digits(out / "digits" / "train")
     extra = SMOKE_ARGS if args.smoke else []
-    rows = [run(setting, seed, out, digits, extra) for setting in args.settings for seed in args.seeds]
+    try:
+        rows = [run(setting, seed, out, digits, extra) for setting in args.settings for seed in args.seeds]
+    except subprocess.CalledProcessError as err:
+        print(f"online_eval: {' '.join(err.cmd[2:])} failed with exit code {err.returncode} (its message is above); "
+              f"the runs so far are in {out / 'runs'}", file=sys.stderr)
+        return 1
     md = "\n\n".join(f"{setting} ({' '.join(SETTINGS[setting] + extra)}):\n\n{table(rows, setting)}"
                      for setting in args.settings)
     summary = {"args": vars(args), "settings": {s: SETTINGS[s] for s in args.settings}, "rows": rows,

@@ -33,3 +33,7 @@ def test_the_smoke_run_writes_every_evaluation_and_its_cost(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "online_eval.py"), "--smoke", "--out", str(out)],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "is not empty" in again.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "online_eval.py"), "--seeds", "-1", "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "a seed must be a whole number >= 0, got '-1'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
