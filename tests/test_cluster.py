@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -28,7 +29,7 @@ from mae.train import pretrain
 from mae.train.cli import main
 from mae.train.data.make_shards import main as make_shards
 from mae.train.report import read_metrics
-from mae.train.run import read_train_checkpoint
+from mae.train.run import newest_checkpoint, read_train_checkpoint
 
 # ---------------------------------------------------------------------------------------------- SLURM environment
 
@@ -175,6 +176,32 @@ def test_cli_exits_143_and_resume_auto_continues_or_starts_afresh(tmp_path, monk
     assert state["epoch"] == 2 and state["global_step"] == 4 and "position" not in state
     steps = [r["step"] for r in read_metrics(tmp_path / "runs" / "t" / "metrics.jsonl") if r["kind"] == "step"]
     assert steps == [1, 2, 3, 4]
+
+
+def test_resume_auto_continues_last_not_a_branch_left_behind_and_never_replaces_unreadable_checkpoints(
+        tmp_path, capsys):
+    """After going back to epoch 1 (--discard-newer), the kept epoch_0002 of the abandoned branch got further than
+    last: --resume auto must still continue last. A damaged last falls back to the newest readable kept copy; when no
+    checkpoint reads, the run is refused, not started afresh over them."""
+    data = write_images(tmp_path / "data", 8)
+    run = pretrain(tiny_config(tmp_path, data, epochs=2, keep_every=1)).run_dir
+    checkpoints = run / "checkpoints"
+    shutil.rmtree(checkpoints / "last")
+    shutil.copytree(checkpoints / "epoch_0001", checkpoints / "last")  # the user went back to epoch 1
+    assert newest_checkpoint(run).path == checkpoints / "last"
+    assert newest_checkpoint(run).train_state["epoch"] == 1
+    (checkpoints / "last" / "model.safetensors").write_bytes(b"damaged")
+    assert newest_checkpoint(run).path == checkpoints / "epoch_0002"
+    for kept in ("epoch_0001", "epoch_0002"):
+        (checkpoints / kept / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="none of the checkpoints of .* can be read, and starting afresh would "
+                                         "replace them"):
+        newest_checkpoint(run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    assert main(tiny_args(tmp_path, data, "--epochs", "2", "--resume", "auto")) == 2
+    assert "none of the checkpoints" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # nothing deleted or written
+    assert newest_checkpoint(tmp_path / "runs" / "never-ran") is None  # no checkpoint at all: start afresh
 
 
 # ---------------------------------------------------------------------------------------------- N -> M processes

@@ -61,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resume == "auto":
             config = TrainConfig(**args)
             ckpt = newest_checkpoint(run_dir_of(config, None))
-            if ckpt is None:  # nothing to continue: start afresh, replacing only a run of ours that saved nothing
+            if ckpt is None:  # no checkpoint at all: start afresh, replacing only a run of ours that saved nothing
                 config = config.replace(overwrite=True)
-            else:  # the newest may be a kept copy when last is damaged
+            else:  # a kept copy is taken only when last cannot be read: it then replaces last
                 discard_newer = discard_newer or ckpt.path.name != "last"
         elif resume is not None:
             ckpt = read_train_checkpoint(resume)

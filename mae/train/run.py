@@ -19,8 +19,8 @@ It is written into a temporary directory next to its final place, every file fsy
 Resuming. A resume continues the run its checkpoint belongs to, with the settings saved in the checkpoint; only the
 fields in ``RESUMABLE_FIELDS`` may change. The weights must be those of the model the run config describes, and a
 kept checkpoint older than the run's ``last`` is resumed only when the user asks (``--discard-newer``).
-``--resume auto`` (``newest_checkpoint``) takes the newest complete checkpoint of the run folder, or starts afresh
-when there is none: the command a requeued job runs again.
+``--resume auto`` (``newest_checkpoint``) takes the run's ``last`` (the newest kept copy when ``last`` cannot be
+read), or starts afresh when the run has no checkpoint at all: the command a requeued job runs again.
 """
 
 from __future__ import annotations
@@ -262,16 +262,32 @@ def _progress(state: dict[str, Any]) -> tuple[int, int]:
 
 
 def newest_checkpoint(run_dir: Path) -> TrainCheckpoint | None:
-    """The newest complete, readable checkpoint of a run folder (``last`` or a kept copy), or None when it has none."""
-    found = []
-    for candidate in [run_dir / "checkpoints" / "last", *sorted((run_dir / "checkpoints").glob("epoch_*"))]:
+    """Where ``--resume auto`` continues: ``checkpoints/last``, or when it cannot be read the kept copy
+    (``epoch_XXXX``) with the highest number that can; None when the run has no checkpoint at all.
+
+    ``last`` comes first even where a kept copy got further: that copy is then a branch the user left with
+    ``--discard-newer``, and continuing it would throw away the branch they chose.
+
+    Raises:
+        ValueError: the run has checkpoints but none of them can be read (nothing is started over them).
+    """
+    checkpoints = run_dir / "checkpoints"
+    candidates = [checkpoints / "last", *sorted(checkpoints.glob("epoch_*"), reverse=True)]
+    present = [c for c in candidates if c.exists()]
+    problems = []
+    for candidate in present:
         try:
             ckpt = read_train_checkpoint(candidate)
             saved_run_config(ckpt)
-        except (ValueError, OSError):  # incomplete or damaged: not a place to continue from
+        except (ValueError, FileNotFoundError) as err:  # incomplete or damaged: try the next one
+            problems.append(f"{candidate.name}: {err}")
             continue
-        found.append(ckpt)
-    return max(found, key=lambda c: _progress(c.train_state), default=None)
+        return ckpt
+    if present:
+        raise ValueError(f"--resume auto: none of the checkpoints of {str(run_dir)!r} can be read, and starting "
+                         f"afresh would replace them ({'; '.join(problems)[:600]}); resume one by path once mended, "
+                         "or pass another --name")
+    return None
 
 
 def run_dir_of(config: TrainConfig, ckpt: TrainCheckpoint | None) -> Path:
