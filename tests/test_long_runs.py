@@ -244,6 +244,21 @@ def test_eval_every_writes_knn_accuracy_and_psnr_per_epoch_and_keeps_the_best(tm
         check_run_dir(run, resuming=False, overwrite=True)
 
 
+def test_eval_data_folder_of_your_own_is_evaluated_from_the_start(tmp_path):
+    """--eval-data FOLDER (train/ and val/ class folders): the labels are read from the folder, every image counted,
+    and the kNN is scored at epoch 0 and after each epoch (it crashed on the folder's dataset before)."""
+    data = write_images(tmp_path / "data", 8)
+    labelled = tmp_path / "labelled"
+    for split, n in (("train", 6), ("val", 4)):
+        for c, seed in (("dark", 1), ("light", 2)):
+            write_images(labelled / split / c, n, seed=seed + (split == "val") * 10)
+    result = pretrain(tiny_config(tmp_path, data, repeat=1, epochs=1, name="own", eval_every=1,
+                                  eval_data=str(labelled)))
+    evals = records(result.run_dir, "eval")
+    assert [r["epoch"] for r in evals] == [0, 1]
+    assert all(r["knn_images"] == [12, 8] and 0.0 <= r["knn_top1"] <= 100.0 for r in evals)
+
+
 def test_the_online_knn_images_are_a_fixed_stratified_subset(tmp_path):
     """Each class in proportion (within one image), the same indices every time, all of a split when it is small."""
     labels = torch.as_tensor(digits_split("train")[1])  # (1438,)

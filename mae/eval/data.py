@@ -115,9 +115,17 @@ class LabelledFolder(Dataset):
     def __init__(self, split_dir: Path, classes: list[str], transform=None, name: str = "--data") -> None:
         paths, self.skipped = scan_image_folder(split_dir, name=name)
         index = {c: i for i, c in enumerate(classes)}
-        self.samples = [(p, index[p.relative_to(split_dir).parts[0]]) for p in paths
-                        if len(p.relative_to(split_dir).parts) > 1 and p.relative_to(split_dir).parts[0] in index]
+        self.samples = []  # (path, label): images inside a class folder (files directly in the split have no class)
+        for path in paths:
+            parts = path.relative_to(split_dir).parts
+            if len(parts) > 1 and parts[0] in index:
+                self.samples.append((path, index[parts[0]]))
         self.classes, self.transform = classes, transform
+
+    @property
+    def labels(self) -> list[int]:
+        """The label of every image, in order, without decoding any (as ``DigitsDataset.labels``)."""
+        return [label for _, label in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)

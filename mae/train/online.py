@@ -164,6 +164,6 @@ def stratified_subset(labels: Tensor, n: int, seed: int = HELDOUT_SEED) -> Tenso
 
 
 def _labels(split: Dataset) -> Tensor:
-    """The class of every image of a labelled split (N,), read without decoding any image: an ImageFolder's
-    ``targets``, the digits' ``labels``."""
-    return torch.as_tensor(split.targets if hasattr(split, "targets") else split.labels)
+    """The class of every image of a labelled split (N,), read without decoding any image (``LabelledFolder`` and
+    ``DigitsDataset`` both list them as ``labels``)."""
+    return torch.as_tensor(split.labels)
