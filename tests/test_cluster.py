@@ -7,6 +7,7 @@ Multi-process runs start ``python -m mae.train`` as ``srun`` would (SLURM_* vari
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -117,6 +118,34 @@ def signal_at_step(monkeypatch, step: int, sig: int = signal.SIGTERM) -> None:
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step_and_signal)
+
+
+def test_sigterm_to_every_process_of_the_step_workers_included_still_saves(tmp_path, monkeypatch, capsys):
+    """scancel, a time limit or preemption signal every process of the step: the data-loader workers too. They used
+    to die of it, and the run failed with "DataLoader worker exited unexpectedly" instead of saving. The workers are
+    signalled during step 1 and waited for; step 2 (the run stops after it) needs 8 micro-batches, more than the 4
+    the two workers can have prefetched, so it must be served by the signalled workers."""
+    data = write_images(tmp_path / "data", 64)
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step_and_signal_all(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            workers = multiprocessing.active_children()
+            assert len(workers) == 2
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGTERM)
+            for worker in workers:
+                worker.join(timeout=2)  # a worker that dies of it is gone by now
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_and_signal_all)
+    args = tiny_args(tmp_path, data, "--epochs", "2", "--accum-iter", "8")
+    args[args.index("--num-workers") + 1] = "2"
+    assert main(args) == PREEMPTED_EXIT
+    assert "stopped: SIGTERM: saved in" in capsys.readouterr().err
+    assert read_train_checkpoint(tmp_path / "runs" / "t").train_state["global_step"] == 2  # after the next step
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_exact(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import subprocess
 import threading
 from types import FrameType
 
-__all__ = ["PREEMPTED_EXIT", "STOP_SIGNALS", "Preempted", "StopSignals", "request_requeue"]
+__all__ = ["PREEMPTED_EXIT", "STOP_SIGNALS", "Preempted", "StopSignals", "ignore_stop_signals", "request_requeue"]
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, the shell's code for a process ended by SIGTERM, for either signal
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -29,6 +29,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 class Preempted(Exception):  # noqa: N818 (a stop the user asked for, not an error)
     """The run stopped on a signal after saving a checkpoint; the command exits with ``PREEMPTED_EXIT``."""
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """A data-loader worker's ``worker_init_fn``: the stop signals are the main process's to act on.
+
+    ``scancel``, a time limit or preemption send SIGTERM to every process of the job step, data-loader workers
+    included, and torch's workers die of it; the main process would then fail with "DataLoader worker exited
+    unexpectedly" in the middle of a step instead of saving. Workers still end when the main process shuts them down
+    or exits (they watch it).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopSignals:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ...config import IMAGENET_MEAN, IMAGENET_STD
 from ...io.images import scan_image_folder
+from ...runtime.preemption import ignore_stop_signals
 from .augment import MaskingSpec, center_view, collate_samples, finish_batch, normalize_on_device
 from .datasets import SKIMAGE_HELD_OUT, SKIMAGE_TRAIN, ImageFiles, PretrainSamples, skimage_photos
 from .shards import ShardSamples, is_shard_spec, read_index, resolve_shards
@@ -191,7 +192,7 @@ def build_loader(dataset: PretrainSamples | ShardSamples, *, batch_size: int, nu
     else:
         sampler = GlobalOrder(len(dataset), batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
-                        pin_memory=pin_memory, collate_fn=collate_samples)
+                        pin_memory=pin_memory, collate_fn=collate_samples, worker_init_fn=ignore_stop_signals)
     return Batches(loader, sampler, seed, decode_on)
 
 
