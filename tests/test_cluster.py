@@ -136,7 +136,7 @@ def test_sigterm_to_every_process_of_the_step_workers_included_still_saves(tmp_p
             for worker in workers:
                 os.kill(worker.pid, signal.SIGTERM)
             for worker in workers:
-                worker.join(timeout=2)  # a worker that dies of it is gone by now
+                worker.join(timeout=0.5)  # a worker that dies of it is gone by now
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(self, *args, **kwargs)
 
