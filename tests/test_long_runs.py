@@ -360,3 +360,17 @@ def test_a_missing_path_is_named_by_its_own_flag(tmp_path, capsys, args, says):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: {says}" in err and "does not exist" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_path_settings_are_absolute_and_empty_ones_refused(tmp_path, monkeypatch):
+    """--eval-data is saved in the run's recipe like --data and --init: relative, it would name another folder when
+    the run is resumed from elsewhere. An empty --init read the working directory as a checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data="photos", init="runs/a", eval_data="labelled")
+    assert (cfg.data, cfg.init, cfg.eval_data) == tuple(str(tmp_path.resolve() / p) for p in ("photos", "runs/a",
+                                                                                              "labelled"))
+    for name, says in (("data", "a folder path, shards or None"), ("init", "a checkpoint path or None"),
+                       ("eval_data", "a labelled folder path or None")):
+        for bad in ("", "  ", 3):
+            with pytest.raises(ValueError, match=f"{name} must be {says}.*got {bad!r}"):
+                TrainConfig(**{name: bad})

@@ -172,12 +172,14 @@ class TrainConfig(CommandConfig):
     def __post_init__(self) -> None:
         if self.model is not None and self.model not in list_models():
             raise ValueError(f"unknown model preset {self.model!r}; valid presets: {', '.join(list_models())}")
-        if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
-            raise TypeError(f"data must be a folder path, shards or None (the built-in photographs), got {self.data!r}")
-        if self.data is not None and not str(self.data).strip():
-            raise ValueError("data must be a folder path or None (the built-in photographs), got an empty string")
-        object.__setattr__(self, "data", absolute_paths(self.data))
-        object.__setattr__(self, "init", absolute_paths(self.init))
+        # Paths are made absolute: a resumed run (from another working directory) finds the same files.
+        for name, expected in (("data", "a folder path, shards or None (the built-in photographs)"),
+                               ("init", "a checkpoint path or None (a fresh model)"),
+                               ("eval_data", "a labelled folder path or None (the built-in digits)")):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value).strip()):
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
+            object.__setattr__(self, name, absolute_paths(value))
         defaults = source_defaults(self.data, self.model)
         if self.warmup_epochs is None and self.epochs is not None:
             # A shorter run than the recipe's keeps the recipe's warm-up fraction once its warm-up would not fit.
@@ -204,6 +206,10 @@ class TrainConfig(CommandConfig):
             raise ValueError(f"peak_tflops must be positive, got {self.peak_tflops!r}")
         if self.decode_device not in ("cpu", "cuda"):
             raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {self.decode_device!r}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError("keep_best needs online evaluation to rank the epochs: pass --eval-every N (N > 0) too")
+        if self.eval_pool not in EVAL_POOLS:
+            raise ValueError(f"eval_pool must be one of {EVAL_POOLS}, got {self.eval_pool!r}")
 
     def _check_counts(self) -> None:
         for name in ("img_size", "patch_size", "repeat", "batch_size", "accum_iter", "epochs", "save_every",
@@ -214,12 +220,6 @@ class TrainConfig(CommandConfig):
                 check_positive_int(getattr(self, name), name)
         for name in ("num_workers", "keep_every", "seed", "nan_patience", "max_rollbacks", "eval_every"):
             check_non_negative_int(getattr(self, name), name)
-        if self.keep_best and not self.eval_every:
-            raise ValueError("keep_best needs online evaluation to rank the epochs: pass --eval-every N (N > 0) too")
-        if self.eval_pool not in EVAL_POOLS:
-            raise ValueError(f"eval_pool must be one of {EVAL_POOLS}, got {self.eval_pool!r}")
-        if self.eval_data is not None and not str(self.eval_data).strip():
-            raise ValueError("eval_data must be a folder path or None (the built-in digits), got an empty string")
 
     def _check_model(self) -> None:
         if self.model_overrides is not None:
