@@ -148,6 +148,29 @@ def test_sigterm_to_every_process_of_the_step_workers_included_still_saves(tmp_p
     assert read_train_checkpoint(tmp_path / "runs" / "t").train_state["global_step"] == 2  # after the next step
 
 
+def test_a_stop_with_non_finite_weights_saves_nothing_and_does_not_claim_it_did(tmp_path, monkeypatch, capsys):
+    """Weights gone non-finite (with a finite loss) when the stop signal is acted on: nothing is saved, and the run
+    ends as diverged (exit 1), not as a preempted run 'saved in checkpoints/last' to requeue and continue."""
+    data = write_images(tmp_path / "data", 12)
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step_then_break_the_weights(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_break_the_weights)
+    assert main(tiny_args(tmp_path, data, "--epochs", "2")) == 1
+    err = capsys.readouterr().err
+    assert "stop signal, but the weights became non-finite during epoch 1" in err and "nothing was saved" in err
+    assert "saved in" not in err
+    assert not (tmp_path / "runs" / "t" / "checkpoints" / "last").exists()
+
+
 def test_sigterm_mid_epoch_then_resume_is_bit_exact(tmp_path, monkeypatch):
     """2 epochs straight == SIGTERM during step 4 (epoch 2: 3 steps per epoch), stop after step 5, resume."""
     data = write_images(tmp_path / "data", 12)

@@ -209,7 +209,11 @@ class Trainer:
         return {"rollbacks": self.rollbacks, "skipped_in_a_row": self.skipped_in_a_row}
 
     def remember_good_state(self) -> None:
-        """Keep a copy (in host memory) of the weights, optimizer and scaler states and the step, for ``roll_back``."""
+        """Keep a copy (in host memory) of the weights, optimizer and scaler states and the step, for ``roll_back``;
+        nothing when no rollback can happen (recovery off, or ``max_rollbacks`` 0): the copy is the size of the model
+        and its optimizer state."""
+        if self.recovery is None or self.recovery.max_rollbacks == 0:
+            return
         self._good = {"model": _to_cpu(self.model.state_dict()), "optimizer": _to_cpu(self.optimizer.state_dict()),
                       "scaler": self.scaler.state_dict(), "step": self.step}
 
@@ -235,8 +239,10 @@ class Trainer:
 
     def _grad_norm(self) -> Tensor:
         """The norm of all gradients, one fused reduction (0 with a grad scaler, which checks them itself)."""
+        if self.scaler.is_enabled():
+            return torch.zeros((), device=self.info.device)
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if self.scaler.is_enabled() or not grads:
+        if not grads:
             return torch.zeros((), device=self.info.device)
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
@@ -305,7 +311,7 @@ class Trainer:
                 continue
             # Every process takes the same decisions: the loss and gradient norm summed over the processes, checked
             # before anything is applied, and whether any process was asked to stop after this step.
-            stop = torch.tensor(float(should_stop is not None and should_stop()), device=info.device)
+            stop = torch.full((), float(should_stop is not None and should_stop()), device=info.device)  # no sync
             checked = all_reduce_sum(torch.stack([group_loss / group, self._grad_norm(), stop]), info)
             step_loss, grad_norm, stop_votes = (checked / info.world_size).tolist()
             group_loss.zero_()

@@ -327,23 +327,28 @@ class _Epochs:
         self.good_epoch, self.good_rng, self.good_position = done, capture_rng_state(), position
 
     def stop(self, loader: Batches, epoch: int, position: dict[str, Any] | None, progress: EpochProgress) -> None:
-        """After a stop signal: rank 0 saves the position in the epoch as checkpoints/last, all processes wait."""
+        """After a stop signal: rank 0 saves the position in the epoch as checkpoints/last, all processes wait.
+
+        Raises:
+            NonFiniteLossError: the weights are not finite: nothing is saved, and the run ends as diverged, not as a
+                stop to continue from (every process sees the same weights, so all raise).
+        """
         trainer, info = self.trainer, self.trainer.info
         used = (position or {}).get("samples", 0) + progress.batches * loader.global_batch
         position = {"samples": used, "steps": progress.steps, "loss_sum": progress.loss_sum}
         self.metrics.log({"kind": "stop", "step": trainer.step, "epoch": epoch + 1, "samples": used,
                           "signal": self.signals.received})
         try:
-            self.check_finite_weights(epoch)
-        except NonFiniteLossError as err:  # Diverged included: such weights are never saved
-            if info.is_main:
-                _say(f"stop signal: {err}; nothing saved, {self.kept()}")
-        else:
-            if info.is_main:
-                self.last_checkpoint = write_train_checkpoint(self.run_dir / "checkpoints" / "last", trainer.model,
-                                                              self.train_state(epoch, position))
-                _say(f"stop signal: saved epoch {epoch + 1}, {used} samples in, step {trainer.step}, to "
-                     f"{self.last_checkpoint}; continue with --resume auto")
+            self.check_finite_weights(epoch + 1)
+        except Diverged as err:  # with recovery on: no rollback now, the run is stopping
+            raise NonFiniteLossError(f"stop signal, but {err}; nothing was saved, {self.kept()}") from None
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"stop signal, but {err}") from None
+        if info.is_main:
+            self.last_checkpoint = write_train_checkpoint(self.run_dir / "checkpoints" / "last", trainer.model,
+                                                          self.train_state(epoch, position))
+            _say(f"stop signal: saved epoch {epoch + 1}, {used} samples in, step {trainer.step}, to "
+                 f"{self.last_checkpoint}; continue with --resume auto")
         barrier(info)
 
     def roll_back(self, why: Diverged) -> tuple[int, dict[str, Any] | None]:
@@ -404,10 +409,10 @@ class _Epochs:
 
     def check_finite_weights(self, done: int) -> None:
         """Never keep non-finite weights as a good state (a finite loss does not guarantee them)."""
-        bad = [k for k, v in self.trainer.model.state_dict().items()
-               if v.is_floating_point() and not bool(v.isfinite().all())]
-        if not bad:
+        weights = {k: v for k, v in self.trainer.model.state_dict().items() if v.is_floating_point()}
+        if bool(torch.stack([v.isfinite().all() for v in weights.values()]).all()):  # one sync, not one a tensor
             return
+        bad = [k for k, v in weights.items() if not bool(v.isfinite().all())]
         what = f"the weights became non-finite during epoch {done} ({len(bad)} tensor(s), e.g. {bad[0]})"
         if self.trainer.recovery is not None:
             raise Diverged(what)
