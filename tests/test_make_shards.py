@@ -192,6 +192,18 @@ def test_a_shard_left_without_images_is_not_written(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.npy", "manifest.json", "shard-000000.tar"]
 
 
+def test_a_folder_whose_every_image_fails_to_decode_writes_no_manifest(tmp_path, capsys):
+    """It used to write a manifest of no shard and report success; mae-pretrain then blamed the manifest."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        (src / f"broken{i}.jpg").write_bytes(broken_jpeg())
+    assert main([str(src), str(tmp_path / "out"), "--max-side", str(N)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "none of the 2 image file(s) of SRC_DIR" in err and "no shard or manifest written" in err
+    assert not any((tmp_path / "out").iterdir())
+
+
 def test_an_unfinished_conversion_is_named_when_refused(mixed_folder, tmp_path, capsys):
     """A conversion that stopped part way (no manifest) is not overwritten, and the refusal says what it is."""
     out = tmp_path / "out"

@@ -177,6 +177,9 @@ def test_a_missing_or_truncated_remote_shard_stops_the_start_up_naming_its_url(s
         missing.rename(shards / "elsewhere.tar")
         with pytest.raises(FileNotFoundError, match=re.escape(f"{base}/shards/shard-000001.tar") + " does not exist"):
             resolve_shards(f"{base}/shards/")
+        handler.requests.clear()
+        resolve_shards(f"{base}/shards/", probe_remote=False)  # the other processes of a run: the manifest only
+        assert handler.requests == ["/shards/manifest.json"] * 2
         (shards / "elsewhere.tar").rename(missing)
         truncated.write_bytes(truncated.read_bytes()[:-1024])
         with pytest.raises(ValueError, match=re.escape(f"shard '{base}/shards/shard-000002.tar' has ") + r"\d+ bytes, "

@@ -155,7 +155,7 @@ def _run(config: TrainConfig, info: DistInfo, run_dir: Path, ckpt: TrainCheckpoi
     _check_sizes(config, info)
     init = read_init(config) if config.init is not None and ckpt is None else None  # checked before any write
     decode_on = decode_device_of(config.decode_device, info.device)
-    data = build_data(config)
+    data = build_data(config, probe_remote=info.is_main)  # the shards are there for all if they are for one
     loader = build_loader(data.dataset, batch_size=config.batch_size, num_workers=config.num_workers, rank=info.rank,
                           world_size=info.world_size, seed=config.seed, pin_memory=info.device.type == "cuda",
                           decode_on=decode_on)

@@ -48,8 +48,9 @@ class RunData(NamedTuple):
     description: dict  # what the run trained on, saved in train_config.json
 
 
-def build_data(config) -> RunData:
-    """The training samples and the figure batch of a ``TrainConfig``."""
+def build_data(config, *, probe_remote: bool = True) -> RunData:
+    """The training samples and the figure batch of a ``TrainConfig`` (``probe_remote``: check the size of each
+    remote shard of a manifest folder; one process of a run does it, ``shards.resolve_shards``)."""
     model = config.model_config
     noise = MaskingSpec.of(model)
     size, samples = config.img_size, dict(img_size=config.img_size, noise=noise, seed=config.seed,
@@ -65,7 +66,7 @@ def build_data(config) -> RunData:
         description = {"source": "scikit-image", "images": list(SKIMAGE_TRAIN), "held_out": list(SKIMAGE_HELD_OUT)}
         dataset = PretrainSamples(images, **samples)
     elif is_shard_spec(str(config.data)):
-        shards, manifest = resolve_shards(str(config.data))
+        shards, manifest = resolve_shards(str(config.data), probe_remote=probe_remote)
         checksums = None if manifest is None else [entry["sha256"] for entry in manifest["shards"]]
         index = None if manifest is None else read_index(str(config.data), manifest)  # None: read the headers
         dataset = ShardSamples(shards, **samples, sha256=checksums, index=index)

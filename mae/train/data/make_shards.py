@@ -153,6 +153,9 @@ def make_shards(src: str | os.PathLike, out: str | os.PathLike, *, shard_size: i
             indexes.append(shard.index)
         num_resized += shard.resized
         undecodable += shard.undecodable
+    if not entries:  # every image failed to decode: a manifest of no shard would be refused by the reader
+        raise ValueError(f"none of the {len(files)} image file(s) of SRC_DIR {str(src)!r} could be decoded for "
+                         f"--max-side {max_side} (e.g. {', '.join(undecodable[:3])}); no shard or manifest written")
     if undecodable:
         print(f"mae-make-shards: skipped {len(undecodable)} image file(s) that could not be decoded for --max-side "
               f"(e.g. {', '.join(undecodable[:3])})", file=sys.stderr)

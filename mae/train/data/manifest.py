@@ -113,14 +113,16 @@ def _locate(folder: str | Path) -> tuple[Path | str, Path | str]:
     return Path(folder), Path(folder) / MANIFEST_FILE
 
 
-def read_manifest(folder: str | Path) -> tuple[list[Path | str], dict]:
+def read_manifest(folder: str | Path, *, probe_remote: bool = True) -> tuple[list[Path | str], dict]:
     """The shard paths a ``mae-make-shards`` folder lists, and its manifest, checked (see the module docstring).
 
     Only what the reader relies on is checked here: ``format``, ``version``, and per shard ``name``, ``size`` (bytes)
     and ``sha256``; the index and the keys it needs are checked by ``read_index``.
 
     ``folder`` may be a URL (``https://host/shards/``): its ``manifest.json`` is read from there, the shards are named
-    by URL and their existence and size are checked by one size probe each (``_PROBES`` at once).
+    by URL and, with ``probe_remote``, their existence and size are checked by one size probe each (``_PROBES`` at
+    once). A run of many processes probes on one of them (``build_data``): every process probing every shard would
+    send world size x shards requests at once, enough for an object store to throttle.
 
     Raises:
         ValueError: not our manifest, a key missing or of the wrong type, a name that leaves the folder, a shard whose
@@ -146,15 +148,17 @@ def read_manifest(folder: str | Path) -> tuple[list[Path | str], dict]:
         raise _manifest_error(manifest, "shards", "a non-empty list of shard entries", entries)
     paths: list[Path | str] = []
     sizes: list[int] = []
+    seen: set[Path | str] = set()
     for i, entry in enumerate(entries):
         path, size, _ = _file_entry(folder, manifest, entry, f"shards[{i}].")
-        if path in paths:
+        if path in seen:
             raise _manifest_error(manifest, f"shards[{i}].name", "a name no other entry has", entry["name"])
         if not remote:
             _check_local_shard(path, size, folder)
         paths.append(path)
         sizes.append(size)
-    if remote:
+        seen.add(path)
+    if remote and probe_remote:
         _check_remote_shards(paths, sizes)
     return paths, content
 

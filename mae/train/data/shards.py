@@ -144,11 +144,12 @@ def _has_manifest(data: str) -> bool:
         return False
 
 
-def resolve_shards(data: str) -> tuple[list[Path | str], dict | None]:
+def resolve_shards(data: str, *, probe_remote: bool = True) -> tuple[list[Path | str], dict | None]:
     """The shard files ``--data`` names, and the manifest when they come from one ``mae-make-shards`` folder.
 
     URLs (``remote``) stay strings; a URL that is neither a ``.tar`` nor a brace pattern names a manifest folder.
-    Remote shards are found missing when they are indexed (``FileNotFoundError`` naming the URL).
+    Remote shards are found missing when they are indexed, or those of a manifest folder by their size probes
+    (``read_manifest``'s ``probe_remote``) (``FileNotFoundError`` naming the URL).
 
     Raises:
         FileNotFoundError: a named shard does not exist.
@@ -157,7 +158,7 @@ def resolve_shards(data: str) -> tuple[list[Path | str], dict | None]:
     """
     if _has_manifest(data) or (is_url(data) and "::" not in data and not data.endswith(".tar")
                                and not _BRACE.search(data)):
-        return read_manifest(data)
+        return read_manifest(data, probe_remote=probe_remote)
     names = itertools.chain.from_iterable(_names(part, part) for part in data.split("::") if part)
     paths = [name if is_url(name) else Path(name) for name in _at_most(names, MAX_SHARD_NAMES, data)]
     local = [p for p in paths if isinstance(p, Path)]
