@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from mae.eval.data import digits_split
+from mae.eval.data import DigitsDataset
+from mae.train.report import read_metrics
 
 # mae-pretrain's recipe with --data (the paper's), sized to the 8 x 8 digits: 32 px crops of 8 px patches (16 per
 # image) on the demo preset, 30 epochs of 22 steps at batch 64. The paper's blr (1.5e-4, for 800 epochs at batch
@@ -44,11 +44,12 @@ SMOKE_ARGS = ["--epochs", "2", "--eval-every", "1", "--eval-images", "64"]  # --
 
 
 def write_digits(root: Path) -> Path:
-    """The digits' train split as ``root/<digit>/<index>.png``, 32 px, as ``DigitsDataset`` draws them."""
-    images, labels = digits_split("train")
-    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+    """The digits' train split as ``root/<digit>/<index>.png``, 32 px, drawn by ``DigitsDataset`` (the kNN's own)."""
+    digits = DigitsDataset("train", 32)
+    for i in range(len(digits)):
+        img, label = digits[i]
         (root / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img, mode="L").resize((32, 32), Image.BILINEAR).save(root / str(label) / f"{i:04d}.png")
+        img.save(root / str(label) / f"{i:04d}.png")
     return root
 
 
@@ -60,7 +61,7 @@ def run(setting: str, seed: int, out: Path, digits: Path, extra: list[str]) -> d
            "--output-dir", str(out / "runs"), "--no-progress", "--num-workers", "1"]
     print(" ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)  # a failed run raises CalledProcessError (main says which, in one line)
-    records = [json.loads(line) for line in (out / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(out / "runs" / name / "metrics.jsonl")
     epoch_seconds = {r["epoch"]: r["seconds"] for r in records if r.get("kind") == "epoch"}
     evals = [{"epoch": r["epoch"], "knn_top1": r["knn_top1"], "recon_psnr": r["recon_psnr"], "seconds": r["seconds"],
               "epoch_seconds": epoch_seconds.get(r["epoch"])} for r in records if r.get("kind") == "eval"]

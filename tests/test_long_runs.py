@@ -374,3 +374,22 @@ def test_path_settings_are_absolute_and_empty_ones_refused(tmp_path, monkeypatch
         for bad in ("", "  ", 3):
             with pytest.raises(ValueError, match=f"{name} must be {says}.*got {bad!r}"):
                 TrainConfig(**{name: bad})
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"patience": 0}, "patience must be a positive int, got 0"),
+    ({"max_rollbacks": -1}, "max_rollbacks must be an int >= 0, got -1"),
+    ({"lr_factor": 0.0}, r"lr_factor must be in \(0, 1\], got 0.0"),
+    ({"lr_factor": 1.5}, r"lr_factor must be in \(0, 1\], got 1.5"),
+])
+def test_a_recovery_policy_out_of_range_is_refused_naming_the_field(kwargs, says):
+    """Recovery is public (mae.runtime.loop): built in Python, it is checked there too, not only by the CLI."""
+    with pytest.raises(ValueError, match=says):
+        Recovery(**kwargs)
+
+
+def test_a_subset_of_no_images_is_refused():
+    labels = torch.arange(10) % 2
+    for n in (0, -3):
+        with pytest.raises(ValueError, match=f"n must be a positive int, got {n}"):
+            stratified_subset(labels, n)

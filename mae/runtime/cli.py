@@ -170,7 +170,7 @@ def run_command(prog: str, body: Callable[[], object], next_step: Callable[[], s
         line, code = f"stopped: {_message(err)}", 1
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        line, code = f"error: {where}{err.strerror or err}", 1
+        line, code = f"error: {where}{err.strerror or _message(err)}", 1
         if isinstance(err, FileNotFoundError):  # an input that is not there: bad input, nothing to resume
             code = 2
         else:

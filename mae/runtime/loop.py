@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .._checks import check_finite, check_non_negative_int, check_positive_int
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["PRECISIONS", "Diverged", "EpochProgress", "NonFiniteLossError", "Recovery", "Schedule", "StopRequested",
@@ -87,6 +88,12 @@ class Recovery:
     patience: int = 3
     max_rollbacks: int = 3
     lr_factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.patience, "patience")
+        check_non_negative_int(self.max_rollbacks, "max_rollbacks")
+        if not 0.0 < check_finite(self.lr_factor, "lr_factor") <= 1.0:
+            raise ValueError(f"lr_factor must be in (0, 1], got {self.lr_factor!r}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -316,7 +323,8 @@ class Trainer:
             step_loss, grad_norm, stop_votes = (checked / info.world_size).tolist()
             group_loss.zero_()
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-                what = f"loss {step_loss}" if not math.isfinite(step_loss) else f"gradient (norm {grad_norm})"
+                kind = "loss" if not math.isfinite(step_loss) else "gradient"
+                what = f"loss {step_loss}" if kind == "loss" else f"gradient (norm {grad_norm})"
                 where = f"optimizer step {self.step + 1} (epoch {epoch + 1}, batch {i + 1} of {n})"
                 if self.recovery is None:
                     bar.close()
@@ -327,7 +335,7 @@ class Trainer:
                 self.skipped_in_a_row += 1
                 t_step, images = time.perf_counter(), 0
                 if on_skip is not None:
-                    on_skip({"step": self.step, "non_finite": what.split()[0], "in_a_row": self.skipped_in_a_row})
+                    on_skip({"step": self.step, "non_finite": kind, "in_a_row": self.skipped_in_a_row})
                 if self.skipped_in_a_row >= self.recovery.patience:
                     bar.close()
                     raise Diverged(f"{self.skipped_in_a_row} non-finite steps in a row, the last a non-finite "

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .._checks import check_positive_int
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from ..runtime.cli import require_extra
@@ -152,6 +153,7 @@ def stratified_subset(labels: Tensor, n: int, seed: int = HELDOUT_SEED) -> Tenso
     in that order every prefix holds each class within one image of its share, and the first n are taken. The same
     labels give the same subset in every evaluation and every run, so scores compare across epochs and runs.
     """
+    check_positive_int(n, "n")
     if n >= len(labels):
         return torch.arange(len(labels))
     generator = torch.Generator().manual_seed(seed)

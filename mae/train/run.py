@@ -303,13 +303,18 @@ def check_not_older(ckpt: TrainCheckpoint, run_dir: Path, *, discard_newer: bool
     if discard_newer or not (last / STATE_FILE).is_file() or last.resolve() == ckpt.path.resolve():
         return
     last_state = read_train_checkpoint(last).train_state
-    last_epoch = last_state.get("epoch", 0)
     if _progress(last_state) > _progress(ckpt.train_state):
         raise ValueError(
-            f"{str(ckpt.path)!r} (epoch {ckpt.train_state['epoch']}) is older than {str(last)!r} (epoch "
-            f"{last_epoch}), which resuming from it would replace; resume from the run folder to continue the newest, "
-            "or pass --discard-newer to go back and replace it"
+            f"{str(ckpt.path)!r} ({_where(ckpt.train_state)}) is older than {str(last)!r} ({_where(last_state)}), "
+            "which resuming from it would replace; resume from the run folder to continue the newest, or pass "
+            "--discard-newer to go back and replace it"
         )
+
+
+def _where(state: dict[str, Any]) -> str:
+    """How far a checkpoint got, in words: 'epoch 5', or 'epoch 5 + 320 samples' for a stop inside an epoch."""
+    epoch, samples = _progress(state)
+    return f"epoch {epoch}" + (f" + {samples} samples" if samples else "")
 
 
 def check_resumable(config: TrainConfig, ckpt: TrainCheckpoint) -> None:
