@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 import stat
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,16 @@ def check_regular_file(path: str | os.PathLike, name: str) -> None:
     kind = special_file_kind(path)
     if kind is not None:
         raise ValueError(f"{name} {str(path)!r} is {kind}, not a regular file; expected a file on disk")
+
+
+def non_finite_names(tensors: Mapping[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity (meta tensors hold no values), in order.
+    All finite, the usual case, costs one device sync rather than one per tensor."""
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point() and v.device.type != "meta"}
+    flags = [v.isfinite().all() for v in floats.values()]
+    if len({f.device for f in flags}) <= 1 and bool(torch.stack(flags).all() if flags else True):
+        return []
+    return [k for k, flag in zip(floats, flags, strict=True) if not bool(flag)]
 
 
 def check_tensor(value: Any, name: str, shape: str, ndim: int | None = None) -> Tensor:

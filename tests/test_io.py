@@ -198,3 +198,15 @@ def test_a_fifo_given_as_a_checkpoint_is_refused_not_waited_on(tmp_path):
     if thread.is_alive():  # a regression: release the reader so the session can end, then fail
         os.close(os.open(tmp_path / "model.safetensors", os.O_WRONLY | os.O_NONBLOCK))
     assert not thread.is_alive() and "is a FIFO (named pipe), not a regular file" in str(errors[0])
+
+
+def test_a_fifo_named_config_json_is_refused_not_waited_on(tmp_path):
+    """save_pretrained asks whether the folder is ours by reading its config.json: a FIFO there used to block the
+    save forever (an open for reading waits for a writer)."""
+    import os
+
+    os.mkfifo(tmp_path / "config.json")
+    model = mae.create_model("mae_vit_test")
+    with pytest.raises(ValueError, match="that mae-pytorch did not write"):
+        mae.save_pretrained(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._checks import to_pair
 from ..config import MAEConfig
-from .save import FORMAT_TAG, write_weights_dir
+from .save import write_weights_dir
 
 __all__ = [
     "config_from_hf",
@@ -323,6 +323,6 @@ def save_hf(model: Any, directory: str | Path, *, layout: Layout = "hub", encode
         overwrite: replace a ``config.json``/``model.safetensors`` that mae-pytorch did not write (``save``).
     """
     architecture = "ViTMAEModel" if encoder_only else "ViTMAEForPreTraining"
-    config = {**config_to_hf(model.config, architecture=architecture), "format": FORMAT_TAG}  # transformers ignores it
+    config = config_to_hf(model.config, architecture=architecture)  # write_weights_dir adds our "format" tag
     tensors = mae_to_hf_state_dict(model.state_dict(), layout=layout, encoder_only=encoder_only)
     return write_weights_dir(directory, config, tensors, overwrite=overwrite)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_bool
+from .._checks import check_bool, non_finite_names
 from ..config import MAEConfig
 from ..model import MaskedAutoEncoder
 from .formats import Checkpoint, read_checkpoint
@@ -95,8 +95,7 @@ def _check_tensors(source: str, state_dict: Mapping[str, Tensor], expected: Mapp
 
 def _check_finite_weights(source: str, state_dict: Mapping[str, Tensor], keys: list[str]) -> None:
     """Refuse NaN or infinite values in the float tensors that would be loaded (meta tensors hold no values)."""
-    bad = [k for k in keys if state_dict[k].is_floating_point() and state_dict[k].device.type != "meta"
-           and not bool(torch.isfinite(state_dict[k]).all())]
+    bad = non_finite_names({k: state_dict[k] for k in keys})
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or infinite values ({shown}), the weights of a run "

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .._checks import check_bool
+from .._checks import check_bool, non_finite_names
 from ..model import MaskedAutoEncoder
 from .atomic import atomic_write
+from .safe_read import read_json
 
 __all__ = ["CONFIG_NAME", "FORMAT_TAG", "WEIGHTS_NAME", "save_pretrained", "write_weights_dir"]
 
@@ -34,10 +34,10 @@ FORMAT_TAG = "mae-pytorch"  # the "format" key of our config.json
 def _written_by_us(path: Path) -> bool:
     """Whether ``path/config.json`` carries our format tag (anything unreadable counts as not ours)."""
     try:
-        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+        config = read_json(path / CONFIG_NAME)  # a FIFO or device is refused by its type, not waited on
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and config.get("format") == FORMAT_TAG
+    return config.get("format") == FORMAT_TAG
 
 
 def _check_replaceable(path: Path, overwrite: bool) -> None:
@@ -52,7 +52,8 @@ def write_weights_dir(directory: str | os.PathLike, config: Mapping[str, Any], t
                       overwrite: bool = False) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if needed; other files untouched).
 
-    ``config`` must carry ``"format": FORMAT_TAG``: that is how a later save recognises the folder as ours.
+    ``config.json`` gets ``"format": FORMAT_TAG`` here, whoever calls: that is how a later save recognises the folder
+    as ours.
 
     Raises:
         ValueError: ``directory`` is a file, holds weights or a config that are not ours (unless ``overwrite``), or
@@ -64,14 +65,14 @@ def write_weights_dir(directory: str | os.PathLike, config: Mapping[str, Any], t
     path = Path(directory).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"directory {str(path)!r} exists and is a file, expected a directory")
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = non_finite_names(tensors)
     if bad:
         raise ValueError(f"refusing to save to {str(path)!r}: {len(bad)} tensor(s) hold NaN or infinite values "
                          f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); nothing was written")
     _check_replaceable(path, overwrite)
     # safetensors wants contiguous CPU tensors that do not share memory.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    text = json.dumps(dict(config), indent=2) + "\n"
+    text = json.dumps({**config, "format": FORMAT_TAG}, indent=2) + "\n"
     atomic_write(path / CONFIG_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     return path
@@ -96,5 +97,4 @@ def save_pretrained(model: MaskedAutoEncoder, directory: str | os.PathLike, *, o
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a path (str or os.PathLike), got {directory!r} "
                         f"({type(directory).__name__})")
-    config = {**model.config.to_dict(), "format": FORMAT_TAG}
-    return write_weights_dir(directory, config, model.state_dict(), overwrite=overwrite)
+    return write_weights_dir(directory, model.config.to_dict(), model.state_dict(), overwrite=overwrite)

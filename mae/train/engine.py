@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import __version__
-from .._checks import check_fits
+from .._checks import check_fits, non_finite_names
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..model import MaskedAutoEncoder
 from ..runtime.distributed import DistInfo, barrier, init_distributed, shutdown
@@ -409,10 +409,9 @@ class _Epochs:
 
     def check_finite_weights(self, done: int) -> None:
         """Never keep non-finite weights as a good state (a finite loss does not guarantee them)."""
-        weights = {k: v for k, v in self.trainer.model.state_dict().items() if v.is_floating_point()}
-        if bool(torch.stack([v.isfinite().all() for v in weights.values()]).all()):  # one sync, not one a tensor
+        bad = non_finite_names(self.trainer.model.state_dict())
+        if not bad:
             return
-        bad = [k for k, v in weights.items() if not bool(v.isfinite().all())]
         what = f"the weights became non-finite during epoch {done} ({len(bad)} tensor(s), e.g. {bad[0]})"
         if self.trainer.recovery is not None:
             raise Diverged(what)
