@@ -24,7 +24,14 @@ import torch
 from test_train_run import REPO, tiny_args, tiny_config, weights, write_images
 
 import mae.train.engine
-from mae.runtime.distributed import SLURM_PORT_BASE, SLURM_PORT_SPAN, launcher_env, parse_nodelist, slurm_port
+from mae.runtime.distributed import (
+    SLURM_PORT_BASE,
+    SLURM_PORT_SPAN,
+    launcher_env,
+    parse_nodelist,
+    resolve_device,
+    slurm_port,
+)
 from mae.runtime.preemption import PREEMPTED_EXIT, request_requeue
 from mae.train import pretrain
 from mae.train.cli import main
@@ -352,3 +359,15 @@ def test_a_stop_with_n_processes_resumed_with_m_uses_every_sample_once(tmp_path,
     assert resolved["world_size"] == after and resolved["backend"] == "gloo"
     final = read_train_checkpoint(run).train_state
     assert final["epoch"] == 1 and "position" not in final and final["global_step"] == 16 // (2 * after)
+
+
+def test_a_process_without_a_gpu_of_its_own_is_refused_not_put_on_anothers(monkeypatch):
+    """8 processes on a node that shows 4 GPUs used to wrap round (local rank 5 -> cuda:1, shared with rank 1) and
+    fail later inside NCCL; one visible GPU per task (srun --gpus-per-task) is the case that takes cuda:0."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("auto", 3) == torch.device("cuda:3") and resolve_device("cuda:2", 7) == torch.device("cuda:2")
+    with pytest.raises(ValueError, match="process 5 of this node sees only 4 GPUs"):
+        resolve_device("cuda", 5)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 5) == torch.device("cuda:0")

@@ -70,8 +70,15 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was requested but torch finds no CUDA GPU; use --device cpu or auto")
-        # srun --gpus-per-task shows each task only its own GPU: the local rank then counts beyond what it sees.
-        return torch.device(device if ":" in device else f"cuda:{local_rank % torch.cuda.device_count()}")
+        if ":" in device:
+            return torch.device(device)
+        visible = torch.cuda.device_count()
+        if local_rank < visible:
+            return torch.device(f"cuda:{local_rank}")
+        if visible == 1:  # srun --gpus-per-task shows each task only its own GPU, whatever its local rank
+            return torch.device("cuda:0")
+        raise ValueError(f"process {local_rank} of this node sees only {visible} GPUs: start one process per GPU "
+                         "(torchrun --nproc_per_node, srun --ntasks-per-node) or one GPU per task (--gpus-per-task 1)")
     return torch.device("cpu")
 
 
