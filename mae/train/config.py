@@ -18,6 +18,7 @@ from ..runtime.cli import option as _opt
 from ..runtime.distributed import check_device_name
 from ..runtime.loop import PRECISIONS, Recovery
 from ..runtime.run_folder import check_run_name
+from .data.loader import DECODE_DEVICES
 
 __all__ = ["DEMO_DEFAULTS", "DEMO_MODEL", "EVAL_POOLS", "INIT_DECODERS", "PAPER_DEFAULTS", "PAPER_MODEL",
            "RESUMABLE_FIELDS", "TRAIN_EXTRA", "TrainConfig", "require_train_extra", "source_defaults"]
@@ -123,7 +124,7 @@ class TrainConfig(CommandConfig):
     compile: bool = _opt(False, "torch.compile the model")
     decode_device: str = _opt("cpu", "where JPEGs are decoded: cpu (in the data-loader workers) or cuda (nvJPEG on "
                                      "the training GPU; workers only read files and draw crops, other formats are "
-                                     "still decoded in the workers)", choices=("cpu", "cuda"))
+                                     "still decoded in the workers)", choices=DECODE_DEVICES)
     # None leaves torch's setting (one per core, or OMP_NUM_THREADS). On a machine shared with other jobs, 1 avoids
     # threads waiting on each other.
     threads: int | None = _opt(None, "torch CPU threads per process (default: torch's own setting, i.e. the cores or "
@@ -204,8 +205,8 @@ class TrainConfig(CommandConfig):
             raise ValueError("init_decoder 'fresh' replaces the decoder of an --init checkpoint: pass --init PATH too")
         if self.peak_tflops is not None and check_finite(self.peak_tflops, "peak_tflops") <= 0:
             raise ValueError(f"peak_tflops must be positive, got {self.peak_tflops!r}")
-        if self.decode_device not in ("cpu", "cuda"):
-            raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {self.decode_device!r}")
+        if self.decode_device not in DECODE_DEVICES:
+            raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {self.decode_device!r}")
         if self.keep_best and not self.eval_every:
             raise ValueError("keep_best needs online evaluation to rank the epochs: pass --eval-every N (N > 0) too")
         if self.eval_pool not in EVAL_POOLS:
