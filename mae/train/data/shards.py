@@ -408,6 +408,10 @@ class ShardSamples(IterableDataset):
             files.close()
 
     def figure_images(self, n: int) -> list[tuple[bytes, str]]:
-        """The first ``n`` images as ``(bytes, name)``, for the reconstruction figure."""
-        first = map(self.source, range(min(n, self.num_images)))
+        """The first ``n`` images as ``(bytes, name)``, for the reconstruction figure (their shard opened once)."""
+        files = _OpenShards(self)
+        try:
+            first = [self.source(i, files) for i in range(min(n, self.num_images))]
+        finally:
+            files.close()
         return [(data, f"{self.shards[s]}@{offset}") for data, s, offset in first]
